@@ -1,0 +1,168 @@
+"""The storage and notification seams.
+
+A backend is a set of intent-level operations. Each is one transaction and enforces its own
+invariants (fencing, insert-if-absent on step keys, state guards) inside the store, so that no
+correctness rule depends on a read-modify-write in Python. Times always come in from the
+engine's clock; a backend never reads its own clock for a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from .records import (
+    ClaimFilter,
+    DeadLetterRecord,
+    ExecutionRecord,
+    Lease,
+    NewExecution,
+    NewTask,
+    StepRecord,
+    TaskOutcome,
+    TaskRecord,
+)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Durable storage for executions, tasks and dead letters."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def init_db(self) -> None:
+        """Create or migrate the schema; idempotent and safe when many workers start at once."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # -- engine operations (each one transaction) -------------------------------------------
+    async def create_execution(self, new: NewExecution, now: datetime) -> tuple[str, bool]:
+        """Insert an execution and its root task, unless one with the same id or idempotency
+        key exists. Returns ``(execution_id, created)``."""
+
+    async def claim(
+        self, worker_id: str, claim_filter: ClaimFilter, limit: int, now: datetime,
+        lease_until: datetime,
+    ) -> list[TaskRecord]:
+        """Lease up to ``limit`` due, eligible tasks (pending ones, and running ones whose lease
+        expired, which counts a crash recovery), by priority then due time. Every claim bumps
+        the task's fence. A root task's execution becomes ``running``."""
+
+    async def create_step(
+        self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
+        lease: Lease | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Insert a child task at its step key (parent, attempt, seq) unless one is there.
+
+        Fenced on the parent: raises ``LeaseLostError`` if ``parent_fence`` is stale. With
+        ``lease`` the new task is born claimed by that worker (fence 1) so that it can run
+        locally without a poll. Returns ``(task, created)``; ``task`` is the existing row when
+        the key was taken."""
+
+    async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
+        """Every recorded child of ``parent_id`` at ``attempt`` (one query: replay prefetch)."""
+
+    async def complete_task(
+        self, task_id: str, fence: int, result: bytes, now: datetime
+    ) -> bool:
+        """Record a result. False (and no change) if the fence is stale or the task is not
+        running. Wakes a suspended parent; completes the execution for a root task."""
+
+    async def fail_task(
+        self, task_id: str, fence: int, error: bytes, now: datetime,
+        dead_letter_reason: str | None,
+    ) -> bool:
+        """Record a final failure, with a dead-letter entry when a reason is given. Fenced like
+        ``complete_task``. Wakes a suspended parent; fails the execution for a root task."""
+
+    async def retry_task(
+        self, task_id: str, fence: int, error: bytes, due_at: datetime, now: datetime
+    ) -> bool:
+        """Schedule the next attempt: pending at ``due_at``, ``attempt`` and ``retries`` + 1."""
+
+    async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        """Give a running task back (pending, same attempt, lease dropped), e.g. on drain."""
+
+    async def suspend_task(
+        self, task_id: str, fence: int, awaited: Sequence[str], now: datetime
+    ) -> bool:
+        """Drop the lease of a task that waits on ``awaited`` children: ``waiting``, or straight
+        back to ``pending`` if one of them has already finished (no lost wake-up)."""
+
+    async def renew_leases(
+        self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: datetime
+    ) -> set[str]:
+        """Extend the leases of ``(task_id, fence)`` pairs; return the ids no longer held."""
+
+    async def get_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
+        """Outcomes of those of ``task_ids`` that are finished."""
+
+    # -- inspection -------------------------------------------------------------------------
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """One execution, or None."""
+
+    async def list_executions(
+        self, limit: int = 10, offset: int = 0, state: str | None = None
+    ) -> list[ExecutionRecord]:
+        """Executions, newest first."""
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """One task, or None."""
+
+    async def update_task(self, task: TaskRecord) -> None:
+        """Operator override: write the task's state, worker, lease, due time, routing and
+        retry counters, bumping its fence so that any worker holding it is fenced out."""
+
+    async def list_tasks_for_execution(self, execution_id: str) -> list[TaskRecord]:
+        """Every task of an execution, oldest first."""
+
+    async def count_tasks(self, queue: str | None = None, state: str | None = None) -> int:
+        """Count tasks, optionally by queue and state."""
+
+    async def count_executions(self, state: str | None = None) -> int:
+        """Count executions, optionally by state."""
+
+    async def queue_depth(self, queue: str | None = None) -> int:
+        """Pending tasks in ``queue`` (None: the default queue)."""
+
+    # -- maintenance and dead letters --------------------------------------------------------
+    async def cleanup_executions(self, older_than: datetime) -> int:
+        """Delete terminal executions finished before ``older_than`` with all their rows."""
+
+    async def cleanup_dead_letters(self, older_than: datetime) -> int:
+        """Delete dead letters written before ``older_than``."""
+
+    async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
+        """Dead letters, newest first."""
+
+    async def get_dead_letter(self, task_id: str) -> DeadLetterRecord | None:
+        """One dead letter, or None."""
+
+    async def replay_dead_letter(
+        self, task_id: str, *, queue: str | None, reset_retries: bool, now: datetime,
+        set_queue: bool = False,
+    ) -> bool:
+        """Run a dead-lettered task again with a fresh attempt, and resume the failed tasks
+        above it by replay (their execution goes back to running). False if no such entry."""
+
+    async def discard_dead_letter(self, task_id: str) -> bool:
+        """Delete a dead letter; False if there was none."""
+
+
+NotificationHandler = Callable[[str, Sequence[str]], Awaitable[None] | None]
+
+
+@runtime_checkable
+class NotificationBackend(Protocol):
+    """Cross-process wake-ups. Messages carry ids only; losing one costs latency, not
+    correctness, because a database poll is always the safety net."""
+
+    async def start(self, handler: NotificationHandler) -> None:
+        """Begin delivering ``(channel, ids)`` messages to ``handler``."""
+
+    async def publish(self, channel: str, ids: Sequence[str]) -> None:
+        """Announce ids on a channel (``work`` for new work, ``done`` for finished tasks)."""
+
+    async def close(self) -> None:
+        """Stop delivering and release connections."""

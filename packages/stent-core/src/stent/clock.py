@@ -1,0 +1,46 @@
+"""The clock seam: every engine timing decision reads ``executor.clock``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Where the engine gets time from."""
+
+    def now(self) -> datetime:
+        """Current time, aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on this clock."""
+        ...
+
+
+class SystemClock:
+    """The real clock, optionally corrected by a measured offset from the database's clock."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self.offset_s, UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is read as local time (as ``astimezone`` does)."""
+    return value.astimezone(UTC)

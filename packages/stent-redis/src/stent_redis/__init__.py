@@ -1,0 +1,1 @@
+"""Redis notifications for Stent (not implemented yet)."""

@@ -1,0 +1,421 @@
+"""``InMemoryBackend``: the reference implementation of the backend contract, in memory.
+
+Every operation runs without an ``await`` between its reads and writes, so on one event loop
+each is atomic, just as each SQL operation is one transaction. It passes the same conformance
+suite as the SQL backends, which keeps it an honest stand-in in tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from stent.errors import LeaseLostError
+from stent.records import (
+    TERMINAL_EXECUTION_STATES,
+    TERMINAL_TASK_STATES,
+    ClaimFilter,
+    DeadLetterRecord,
+    ExecutionRecord,
+    Lease,
+    NewExecution,
+    NewTask,
+    StepRecord,
+    TaskOutcome,
+    TaskRecord,
+)
+
+PROGRESS_LIMIT = 100
+
+
+def _progress(ex: ExecutionRecord, event: str, now: datetime, **detail: object) -> None:
+    entry: dict[str, object] = {"event": event, "at": now.isoformat()}
+    entry.update(detail)
+    ex.progress.append(json.loads(json.dumps(entry)))
+    del ex.progress[:-PROGRESS_LIMIT]
+
+
+class InMemoryBackend:
+    """A backend that keeps everything in this process (lost when it exits)."""
+
+    def __init__(self) -> None:
+        self._executions: dict[str, ExecutionRecord] = {}
+        self._tasks: dict[str, TaskRecord] = {}
+        self._by_key: dict[tuple[str, int, int], str] = {}
+        self._children: dict[str, list[str]] = {}
+        self._idem: dict[str, str] = {}
+        self._dead: dict[str, DeadLetterRecord] = {}
+        self._order = 0
+        self._created_order: dict[str, int] = {}
+        self.closed = False
+
+    async def init_db(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _new_task_record(self, execution_id: str, new: NewTask, now: datetime) -> TaskRecord:
+        finished = new.state in TERMINAL_TASK_STATES
+        rec = TaskRecord(
+            id=new.id, execution_id=execution_id, parent_id=new.parent_id,
+            parent_attempt=new.parent_attempt, seq=new.seq, step_name=new.step_name,
+            kind=new.kind, state=new.state, args=new.args, arg_digest=new.arg_digest,
+            created_at=now, due_at=new.due_at, result=new.result, queue=new.queue,
+            tags=tuple(new.tags), priority=new.priority, retry_policy=dict(new.retry_policy),
+            timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
+            idempotency_key=new.idempotency_key, finished_at=now if finished else None,
+        )
+        self._order += 1
+        self._created_order[rec.id] = self._order
+        return rec
+
+    def _held(self, task_id: str, fence: int) -> TaskRecord | None:
+        t = self._tasks.get(task_id)
+        if t is None or t.fence != fence or t.state != "running":
+            return None
+        return t
+
+    def _wake_parent(self, t: TaskRecord) -> None:
+        if t.parent_id is not None:
+            p = self._tasks.get(t.parent_id)
+            if p is not None and p.state == "waiting":
+                p.state = "pending"
+
+    def _finish_execution(
+        self, t: TaskRecord, state: str, now: datetime, result: bytes | None, error: bytes | None
+    ) -> None:
+        if t.parent_id is not None:
+            return
+        ex = self._executions.get(t.execution_id)
+        if ex is None or ex.state in TERMINAL_EXECUTION_STATES:
+            return
+        ex.state = state
+        ex.result = result
+        ex.error = error
+        ex.finished_at = now
+        _progress(ex, state, now)
+
+    # -- engine operations --------------------------------------------------------------------
+    async def create_execution(self, new: NewExecution, now: datetime) -> tuple[str, bool]:
+        if new.id in self._executions:
+            return new.id, False
+        if new.idempotency_key is not None and new.idempotency_key in self._idem:
+            return self._idem[new.idempotency_key], False
+        ex = ExecutionRecord(
+            id=new.id, function=new.function, state="pending", root_task_id=new.root.id,
+            created_at=now, args=new.args, queue=new.queue, tags=tuple(new.tags),
+            priority=new.priority, idempotency_key=new.idempotency_key, deadline=new.deadline,
+        )
+        _progress(ex, "dispatched", now)
+        self._executions[ex.id] = ex
+        if new.idempotency_key is not None:
+            self._idem[new.idempotency_key] = ex.id
+        self._tasks[new.root.id] = self._new_task_record(ex.id, new.root, now)
+        return ex.id, True
+
+    async def claim(
+        self, worker_id: str, claim_filter: ClaimFilter, limit: int, now: datetime,
+        lease_until: datetime,
+    ) -> list[TaskRecord]:
+        if limit <= 0:
+            return []
+        candidates = [
+            t for t in self._tasks.values()
+            if (
+                (t.state == "pending" and t.due_at <= now)
+                or (t.state == "running" and t.lease_expires_at is not None
+                    and t.lease_expires_at < now)
+            )
+            and claim_filter.matches(t)
+        ]
+        candidates.sort(key=lambda t: (-t.priority, t.due_at, self._created_order[t.id]))
+        out: list[TaskRecord] = []
+        for t in candidates[:limit]:
+            if t.state == "running":
+                t.crash_count += 1
+            t.state = "running"
+            t.fence += 1
+            t.worker_id = worker_id
+            t.lease_expires_at = lease_until
+            if t.started_at is None:
+                t.started_at = now
+            if t.parent_id is None:
+                ex = self._executions.get(t.execution_id)
+                if ex is not None and ex.state == "pending":
+                    ex.state = "running"
+                    ex.started_at = now
+                    _progress(ex, "running", now)
+            out.append(t.copy())
+        return out
+
+    async def create_step(
+        self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
+        lease: Lease | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        parent = self._held(parent_id, parent_fence)
+        if parent is None:
+            raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
+        key = (parent_id, new.parent_attempt, new.seq)
+        existing = self._by_key.get(key)
+        if existing is not None:
+            return self._tasks[existing].copy(), False
+        rec = self._new_task_record(parent.execution_id, new, now)
+        if lease is not None and rec.state == "pending":
+            rec.state = "running"
+            rec.fence = 1
+            rec.worker_id = lease.worker_id
+            rec.lease_expires_at = lease.expires_at
+            rec.started_at = now
+        self._tasks[rec.id] = rec
+        self._by_key[key] = rec.id
+        self._children.setdefault(parent_id, []).append(rec.id)
+        return rec.copy(), True
+
+    async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
+        out = []
+        for cid in self._children.get(parent_id, []):
+            c = self._tasks.get(cid)
+            if c is not None and c.parent_attempt == attempt:
+                out.append(StepRecord(c.id, c.seq, c.step_name, c.kind, c.arg_digest, c.state,
+                                      c.result, c.error))
+        out.sort(key=lambda s: s.seq)
+        return out
+
+    async def complete_task(self, task_id: str, fence: int, result: bytes, now: datetime) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        t.state = "completed"
+        t.result = result
+        t.error = None
+        t.finished_at = now
+        t.worker_id = None
+        t.lease_expires_at = None
+        self._wake_parent(t)
+        self._finish_execution(t, "completed", now, result, None)
+        return True
+
+    async def fail_task(
+        self, task_id: str, fence: int, error: bytes, now: datetime,
+        dead_letter_reason: str | None,
+    ) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        t.state = "failed"
+        t.error = error
+        t.finished_at = now
+        t.worker_id = None
+        t.lease_expires_at = None
+        if dead_letter_reason is not None:
+            self._dead[t.id] = DeadLetterRecord(
+                task_id=t.id, execution_id=t.execution_id, step_name=t.step_name,
+                queue=t.queue, reason=dead_letter_reason, error=error, created_at=now,
+                retries=t.retries,
+            )
+        self._wake_parent(t)
+        self._finish_execution(t, "failed", now, None, error)
+        return True
+
+    async def retry_task(
+        self, task_id: str, fence: int, error: bytes, due_at: datetime, now: datetime
+    ) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        t.state = "pending"
+        t.error = error
+        t.due_at = due_at
+        t.attempt += 1
+        t.retries += 1
+        t.worker_id = None
+        t.lease_expires_at = None
+        ex = self._executions.get(t.execution_id)
+        if ex is not None:
+            _progress(ex, "retrying", now, task_id=t.id, step=t.step_name, attempt=t.attempt)
+        return True
+
+    async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        t.state = "pending"
+        t.worker_id = None
+        t.lease_expires_at = None
+        return True
+
+    async def suspend_task(
+        self, task_id: str, fence: int, awaited: Sequence[str], now: datetime
+    ) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        # A child may have finished between the worker deciding to suspend and this write;
+        # checking here, in the same atomic step, is what makes the wake-up impossible to lose.
+        done = any(
+            (c := self._tasks.get(a)) is not None and c.state in TERMINAL_TASK_STATES
+            for a in awaited
+        )
+        t.state = "pending" if done else "waiting"
+        t.worker_id = None
+        t.lease_expires_at = None
+        ex = self._executions.get(t.execution_id)
+        if ex is not None and not done:
+            _progress(ex, "waiting", now, task_id=t.id, step=t.step_name)
+        return True
+
+    async def renew_leases(
+        self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: datetime
+    ) -> set[str]:
+        lost: set[str] = set()
+        for task_id, fence in held:
+            t = self._held(task_id, fence)
+            if t is None or t.worker_id != worker_id:
+                lost.add(task_id)
+            else:
+                t.lease_expires_at = lease_until
+        return lost
+
+    async def get_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
+        out = []
+        for tid in task_ids:
+            t = self._tasks.get(tid)
+            if t is not None and t.state in TERMINAL_TASK_STATES:
+                out.append(TaskOutcome(t.id, t.state, t.result, t.error))
+        return out
+
+    # -- inspection ---------------------------------------------------------------------------
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        ex = self._executions.get(execution_id)
+        return ex.copy() if ex is not None else None
+
+    async def list_executions(
+        self, limit: int = 10, offset: int = 0, state: str | None = None
+    ) -> list[ExecutionRecord]:
+        rows = [e for e in self._executions.values() if state is None or e.state == state]
+        rows.sort(key=lambda e: (e.created_at, self._created_order[e.root_task_id]), reverse=True)
+        return [e.copy() for e in rows[offset:offset + limit]]
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        t = self._tasks.get(task_id)
+        return t.copy() if t is not None else None
+
+    async def update_task(self, task: TaskRecord) -> None:
+        t = self._tasks.get(task.id)
+        if t is None:
+            from stent.errors import BackendError
+
+            raise BackendError(f"no task with id {task.id!r}")
+        t.state = task.state
+        t.worker_id = task.worker_id
+        t.lease_expires_at = task.lease_expires_at
+        t.due_at = task.due_at
+        t.priority = task.priority
+        t.queue = task.queue
+        t.tags = tuple(task.tags)
+        t.retries = task.retries
+        t.crash_count = task.crash_count
+        t.fence += 1
+        task.fence = t.fence
+        if t.state == "pending":
+            self._wake_parent(t)
+
+    async def list_tasks_for_execution(self, execution_id: str) -> list[TaskRecord]:
+        rows = [t for t in self._tasks.values() if t.execution_id == execution_id]
+        rows.sort(key=lambda t: self._created_order[t.id])
+        return [t.copy() for t in rows]
+
+    async def count_tasks(self, queue: str | None = None, state: str | None = None) -> int:
+        return sum(
+            1 for t in self._tasks.values()
+            if (queue is None or t.queue == queue) and (state is None or t.state == state)
+        )
+
+    async def count_executions(self, state: str | None = None) -> int:
+        return sum(1 for e in self._executions.values() if state is None or e.state == state)
+
+    async def queue_depth(self, queue: str | None = None) -> int:
+        return sum(1 for t in self._tasks.values() if t.state == "pending" and t.queue == queue)
+
+    # -- maintenance and dead letters ------------------------------------------------------------
+    async def cleanup_executions(self, older_than: datetime) -> int:
+        doomed = [
+            e.id for e in self._executions.values()
+            if e.state in TERMINAL_EXECUTION_STATES and e.finished_at is not None
+            and e.finished_at < older_than
+        ]
+        gone = set(doomed)
+        for eid in doomed:
+            ex = self._executions.pop(eid)
+            if ex.idempotency_key is not None:
+                self._idem.pop(ex.idempotency_key, None)
+        for tid in [t.id for t in self._tasks.values() if t.execution_id in gone]:
+            t = self._tasks.pop(tid)
+            self._created_order.pop(tid, None)
+            self._children.pop(tid, None)
+            if t.parent_id is not None:
+                self._by_key.pop((t.parent_id, t.parent_attempt, t.seq), None)
+            self._dead.pop(tid, None)
+        return len(doomed)
+
+    async def cleanup_dead_letters(self, older_than: datetime) -> int:
+        doomed = [k for k, d in self._dead.items() if d.created_at < older_than]
+        for k in doomed:
+            del self._dead[k]
+        return len(doomed)
+
+    async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
+        rows = sorted(self._dead.values(), key=lambda d: d.created_at, reverse=True)
+        return rows[:limit]
+
+    async def get_dead_letter(self, task_id: str) -> DeadLetterRecord | None:
+        return self._dead.get(task_id)
+
+    async def replay_dead_letter(
+        self, task_id: str, *, queue: str | None, reset_retries: bool, now: datetime,
+        set_queue: bool = False,
+    ) -> bool:
+        dl = self._dead.get(task_id)
+        t = self._tasks.get(task_id)
+        if dl is None or t is None or t.state != "failed":
+            return False
+        del self._dead[task_id]
+        t.state = "pending"
+        t.attempt += 1
+        if reset_retries:
+            t.retries = 0
+        if set_queue:
+            t.queue = queue
+        t.crash_count = 0
+        t.due_at = now
+        t.error = None
+        t.finished_at = None
+        t.worker_id = None
+        t.lease_expires_at = None
+        t.fence += 1
+        # Callers above it that failed because of it resume by replay, at the same attempt, so
+        # their completed steps are not run again and they await this task's new outcome.
+        node = t
+        while node.parent_id is not None:
+            parent = self._tasks.get(node.parent_id)
+            if parent is None or parent.state != "failed":
+                break
+            parent.state = "waiting"
+            parent.error = None
+            parent.finished_at = None
+            parent.fence += 1
+            node = parent
+        if node.parent_id is None:
+            ex = self._executions.get(t.execution_id)
+            if ex is not None and ex.state == "failed":
+                ex.state = "running"
+                ex.error = None
+                ex.finished_at = None
+                _progress(ex, "running", now, replayed_task=task_id)
+        return True
+
+    async def discard_dead_letter(self, task_id: str) -> bool:
+        return self._dead.pop(task_id, None) is not None
