@@ -1,8 +1,75 @@
-"""Stent: durable functions for Python (under construction)."""
+"""Stent: durable functions for Python.
+
+Mark ``async def`` functions with ``@Stent.durable`` and await them like normal calls; every
+call inside a running task is persisted as a step, and a workflow resumes after any crash
+from its last completed step.
+"""
+
 from __future__ import annotations
 
-from .errors import *  # noqa: F403
+from .app import Stent
+from .backend import Backend, NotificationBackend
+from .clock import Clock, SystemClock
+from .context import ExecutionContext
+from .durable import DurableFunction
+from .errors import (
+    BackendError,
+    DuplicateFunctionError,
+    ExecutionCancelledError,
+    ExecutionNotFinished,
+    ExecutionNotFound,
+    ExecutionTimeoutError,
+    ExpiryError,
+    NonDeterminismError,
+    NotInExecutionContext,
+    PayloadTooLargeError,
+    RemoteError,
+    SchemaVersionError,
+    SerializationError,
+    SignalTimeoutError,
+    StentError,
+    StepTimeoutError,
+    UnregisteredFunctionError,
+)
+from .inspection import ExecutionState
+from .lifecycle import WorkerLifecycle
+from .metrics import MetricsRecorder
+from .registry import FunctionRegistry
 from .result import Result
 from .retry import RetryPolicy
 
-__all__ = ["Result", "RetryPolicy"]
+sleep = Stent.sleep
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Clock",
+    "DuplicateFunctionError",
+    "DurableFunction",
+    "ExecutionCancelledError",
+    "ExecutionContext",
+    "ExecutionNotFinished",
+    "ExecutionNotFound",
+    "ExecutionState",
+    "ExecutionTimeoutError",
+    "ExpiryError",
+    "FunctionRegistry",
+    "MetricsRecorder",
+    "NonDeterminismError",
+    "NotInExecutionContext",
+    "NotificationBackend",
+    "PayloadTooLargeError",
+    "RemoteError",
+    "Result",
+    "RetryPolicy",
+    "SchemaVersionError",
+    "SerializationError",
+    "SignalTimeoutError",
+    "Stent",
+    "StentError",
+    "StepTimeoutError",
+    "SystemClock",
+    "UnregisteredFunctionError",
+    "WorkerLifecycle",
+    "sleep",
+]

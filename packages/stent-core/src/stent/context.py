@@ -1,0 +1,93 @@
+"""The task context: which task is running in this coroutine, and its step bookkeeping.
+
+It lives in a ``ContextVar`` so that durable calls made by a task's body (and by the
+coroutines ``asyncio.gather`` wraps them in, which copy the context) find their caller.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import NonDeterminismError, NotInExecutionContext
+from .records import StepRecord, TaskRecord
+
+if TYPE_CHECKING:
+    from .app import Stent
+    from .worker import Worker
+
+
+@dataclass(eq=False)
+class TaskContext:
+    """Engine-side state of one running task attempt."""
+
+    executor: Stent
+    worker: Worker
+    task: TaskRecord
+    history: dict[int, StepRecord]
+    next_seq: int = 0
+    #: children this task is awaiting right now (for suspension and its lost-wake-up check)
+    awaiting: dict[str, int] = field(default_factory=dict)
+    nondeterminism: NonDeterminismError | None = None
+
+    def take_seq(self) -> int:
+        """The next step sequence number, in program order."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def begin_wait(self, child_id: str) -> None:
+        """This task starts awaiting ``child_id``; on its first outstanding wait it gives its
+        worker slot back."""
+        first = not self.awaiting
+        self.awaiting[child_id] = self.awaiting.get(child_id, 0) + 1
+        if first:
+            self.worker.task_started_waiting(self.task.id)
+
+    def end_wait(self, child_id: str) -> None:
+        """The wait on ``child_id`` is over; with none left the task takes a slot again."""
+        n = self.awaiting.get(child_id, 0) - 1
+        if n <= 0:
+            self.awaiting.pop(child_id, None)
+        else:
+            self.awaiting[child_id] = n
+        if not self.awaiting:
+            self.worker.task_stopped_waiting(self.task.id)
+
+
+_current: ContextVar[TaskContext | None] = ContextVar("stent_task_context", default=None)
+
+
+def current_task_context() -> TaskContext | None:
+    """The running task's context, or None outside a task."""
+    return _current.get()
+
+
+def require_task_context(what: str) -> TaskContext:
+    """The running task's context, or ``NotInExecutionContext`` naming ``what``."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NotInExecutionContext(f"{what} can only be called inside a running durable task")
+    return ctx
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    """What a running task may know about itself (``Stent.context()``).
+
+    Attributes:
+        execution_id: the execution this task belongs to.
+        task_id: this task.
+        attempt: this attempt's number (1 for the first).
+        idempotency_key: stable across re-runs and retries of this task: use it to make
+            external side effects idempotent.
+        step_name: the registered name of the running function.
+    """
+
+    execution_id: str
+    task_id: str
+    attempt: int
+    idempotency_key: str
+    step_name: str
+    extra: dict[str, Any] = field(default_factory=dict)

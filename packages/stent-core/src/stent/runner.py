@@ -1,0 +1,260 @@
+"""Running one claimed task: resolve its function, decode its arguments, replay its recorded
+steps, call it, and record the outcome with one fenced write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .context import TaskContext, _current
+from .errors import (
+    NonDeterminismError,
+    SerializationError,
+    StepTimeoutError,
+    UnregisteredFunctionError,
+)
+from .records import TaskKind, TaskOutcome, TaskRecord
+from .retry import RetryPolicy
+from .serialization import check_payload_size, dumps_with_path, encode_error
+from .steps import STEP_ERROR_ATTR, decode_call
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("stent.runner")
+
+
+@dataclass(eq=False)
+class RunningTask:
+    """A task this worker holds: its record, its asyncio task, and why it was stopped."""
+
+    record: TaskRecord
+    task: asyncio.Task[None] | None = None
+    ctx: TaskContext | None = None
+    holds_slot: bool = True
+    waiting_since: float | None = None
+    #: why the engine cancelled it: suspend, lease_lost, shutdown, timeout
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Cancel the task's coroutine for ``reason`` (first reason wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+_policies: dict[tuple[Any, ...], RetryPolicy] = {}
+
+
+def _policy(task: TaskRecord) -> RetryPolicy:
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                       for k, v in task.retry_policy.items()))
+    pol = _policies.get(key)
+    if pol is None:
+        pol = _policies[key] = RetryPolicy.from_dict(task.retry_policy)
+    return pol
+
+
+class TaskRunner:
+    """Runs claimed tasks for one worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.executor = worker.executor
+
+    async def run(self, rt: RunningTask) -> None:
+        """Run ``rt`` to its outcome and record it."""
+        task = rt.record
+        ex = self.executor
+        log_extra = {"execution_id": task.execution_id, "task_id": task.id}
+        ex.metric("task_claimed", queue=task.queue, step_name=task.step_name, kind=task.kind)
+        if task.kind == TaskKind.SLEEP:
+            await self._complete(rt, None)
+            return
+        if task.crash_count > ex.max_crash_recoveries:
+            err = RuntimeError(
+                f"task {task.id} ({task.step_name}) was taken over after its worker died "
+                f"{task.crash_count} times, over max_crash_recoveries={ex.max_crash_recoveries}"
+            )
+            await self._fail_final(rt, err, "poison task: too many crash recoveries")
+            return
+        fn = ex.registry.find(task.step_name)
+        if fn is None:
+            err2 = UnregisteredFunctionError(task.step_name, ex.registry.names())
+            await self._fail_final(rt, err2, "unregistered function")
+            return
+        try:
+            args, kwargs = decode_call(ex, task.args)
+        except Exception as exc:
+            await self._fail_final(rt, exc, f"undecodable arguments: {exc}")
+            return
+        history = {}
+        if task.fence > 1:  # claimed before: this attempt may have recorded steps to replay
+            try:
+                history = {s.seq: s for s in await ex.backend.load_steps(task.id, task.attempt)}
+            except Exception as exc:
+                log.warning("could not load the history of task %s: %s", task.id, exc,
+                            extra=log_extra)
+                await self._release(rt)
+                return
+        ctx = TaskContext(executor=ex, worker=self.worker, task=task, history=history)
+        rt.ctx = ctx
+        started = ex.clock.monotonic()
+        watchdog = self._start_watchdog(rt, fn.timeout)
+        token = _current.set(ctx)
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            value = await fn.fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            reason = rt.stop_reason
+            if reason == "timeout":
+                error = StepTimeoutError(
+                    f"{task.step_name} (task {task.id}) ran longer than its timeout "
+                    f"of {fn.timeout}"
+                )
+            elif reason == "suspend":
+                await self._suspend(rt)
+                return
+            elif reason == "lease_lost":
+                log.warning("task %s lost its lease; its outcome is discarded", task.id,
+                            extra=log_extra)
+                return
+            else:
+                await self._release(rt)
+                raise
+        except Exception as exc:
+            error = exc
+        finally:
+            _current.reset(token)
+            if watchdog is not None:
+                watchdog.cancel()
+        if ctx.nondeterminism is not None:
+            await self._fail_final(rt, ctx.nondeterminism, "non-determinism on replay")
+        elif error is None:
+            ex.metric("task_completed", queue=task.queue, step_name=task.step_name,
+                      kind=task.kind, duration_s=ex.clock.monotonic() - started)
+            await self._complete(rt, value)
+        else:
+            await self._fail(rt, error)
+
+    def _start_watchdog(self, rt: RunningTask, timeout: timedelta | None) -> asyncio.Task[None] | None:
+        if timeout is None:
+            return None
+
+        async def watch() -> None:
+            await self.executor.clock.sleep(timeout.total_seconds())
+            rt.stop("timeout")
+
+        return asyncio.get_running_loop().create_task(watch())
+
+    # -- recording outcomes ---------------------------------------------------------------------
+    async def _complete(self, rt: RunningTask, value: Any) -> None:
+        task = rt.record
+        ex = self.executor
+        try:
+            result = dumps_with_path(ex.serializer, value, f"result of {task.step_name}")
+            check_payload_size(result, ex.max_payload_bytes, f"the result of {task.step_name}")
+        except SerializationError as exc:
+            await self._fail_final(rt, exc, f"unserializable result: {exc}")
+            return
+        ok = await self._write(rt, lambda now: ex.backend.complete_task(task.id, task.fence,
+                                                                         result, now))
+        if ok:
+            self._finished(TaskOutcome(task.id, "completed", result, None))
+
+    async def _fail(self, rt: RunningTask, exc: BaseException) -> None:
+        task = rt.record
+        ex = self.executor
+        if isinstance(exc, NonDeterminismError):
+            await self._fail_final(rt, exc, "non-determinism on replay")
+            return
+        if getattr(exc, STEP_ERROR_ATTR, None) is not None:
+            # The error came up unchanged from a step that already used its own retries and
+            # wrote its own dead letter: fail this caller once, without a retry or a second
+            # dead letter. A caller that wants to retry catches it or wraps it.
+            await self._fail_final(rt, exc, None)
+            return
+        policy = _policy(task)
+        failed_attempts = task.retries + 1
+        if policy.should_retry(exc, failed_attempts):
+            delay = policy.delay_for(failed_attempts)
+            ex.metric("task_failed", queue=task.queue, step_name=task.step_name, kind=task.kind,
+                      reason=type(exc).__name__, retrying=True)
+            error = encode_error(exc)
+            ok = await self._write(rt, lambda now: ex.backend.retry_task(
+                task.id, task.fence, error, now + timedelta(seconds=delay), now))
+            if ok:
+                log.info("task %s (%s) failed with %s; attempt %d in %.2fs", task.id,
+                         task.step_name, type(exc).__name__, task.attempt + 1, delay,
+                         extra={"execution_id": task.execution_id, "task_id": task.id})
+                self.worker.timer_scheduled(ex.clock.now() + timedelta(seconds=delay))
+            return
+        why = (f"attempts exhausted ({failed_attempts} of {policy.max_attempts})"
+               if failed_attempts >= policy.max_attempts
+               else f"not retryable: {type(exc).__name__}")
+        await self._fail_final(rt, exc, why)
+
+    async def _fail_final(self, rt: RunningTask, exc: BaseException, reason: str | None) -> None:
+        task = rt.record
+        ex = self.executor
+        error = encode_error(exc)
+        ex.metric("task_failed", queue=task.queue, step_name=task.step_name, kind=task.kind,
+                  reason=reason or type(exc).__name__, retrying=False)
+        ok = await self._write(rt, lambda now: ex.backend.fail_task(task.id, task.fence, error,
+                                                                     now, reason))
+        if ok:
+            if reason is not None:
+                ex.metric("dead_lettered", queue=task.queue, step_name=task.step_name,
+                          kind=task.kind, reason=reason)
+                log.warning("task %s (%s) dead-lettered: %s", task.id, task.step_name, reason,
+                            extra={"execution_id": task.execution_id, "task_id": task.id})
+            self._finished(TaskOutcome(task.id, "failed", None, error))
+
+    async def _suspend(self, rt: RunningTask) -> None:
+        task = rt.record
+        awaiting = list(rt.ctx.awaiting) if rt.ctx else []
+        await self._write(rt, lambda now: self.executor.backend.suspend_task(
+            task.id, task.fence, awaiting, now))
+        self.worker.wake()
+
+    async def _release(self, rt: RunningTask) -> None:
+        task = rt.record
+        try:
+            await asyncio.shield(self.executor.backend.release_task(
+                task.id, task.fence, self.executor.clock.now()))
+        except Exception as exc:  # the lease will expire and another worker takes over
+            log.warning("could not release task %s: %s", task.id, exc)
+
+    def _finished(self, outcome: TaskOutcome) -> None:
+        self.executor.hub.resolve(outcome)
+        self.executor.publish("done", outcome.task_id)
+        self.worker.wake()
+
+    async def _write(self, rt: RunningTask, op: Any) -> bool:
+        """Run a fenced write, retrying through storage outages until the lease runs out."""
+        task = rt.record
+        ex = self.executor
+        delay = 0.05
+        while True:
+            try:
+                ok = bool(await asyncio.shield(op(ex.clock.now())))
+            except Exception as exc:
+                if ex.clock.now() >= (task.lease_expires_at or ex.clock.now()):
+                    log.warning("giving up recording task %s after its lease ran out: %s",
+                                task.id, exc)
+                    return False
+                self.worker.storage_trouble(exc)
+                await ex.clock.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            if not ok:
+                log.warning(
+                    "stale lease: the write for task %s (fence %d) was rejected; another "
+                    "worker holds it now", task.id, task.fence,
+                    extra={"execution_id": task.execution_id, "task_id": task.id})
+            return ok

@@ -1,0 +1,241 @@
+"""Durable steps: step keys, replay matching, and the built-in steps.
+
+A step's key is (parent task id, parent attempt, sequence number). The sequence number is
+taken when the call is made, in program order. On replay, a key that is already recorded
+is never started again: a finished step hands back its recorded outcome, an unfinished one
+is awaited, and a recorded step whose function or arguments differ from the call being made
+now raises ``NonDeterminismError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .context import TaskContext
+from .errors import ExecutionCancelledError, NonDeterminismError, SerializationError
+from .records import NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
+from .serialization import check_payload_size, decode_error, dumps_with_path
+
+if TYPE_CHECKING:
+    from .app import Stent
+    from .durable import DurableFunction
+
+#: attribute set on an exception raised into a parent by a failed step
+STEP_ERROR_ATTR = "__stent_step_task_id__"
+
+SLEEP_STEP = "stent.sleep"
+NOW_STEP = "stent.now"
+UUID_STEP = "stent.uuid4"
+
+
+def encode_call(executor: Stent, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Encode a call's arguments (positional and keyword) into one payload.
+
+    Raises:
+        SerializationError: naming the path of the first value that cannot be encoded.
+        PayloadTooLargeError: when the payload is over ``max_payload_bytes``.
+    """
+    ser = executor.serializer
+    a = dumps_with_path(ser, tuple(args), "args")
+    k = dumps_with_path(ser, dict(kwargs), "kwargs") if kwargs else b""
+    payload = len(a).to_bytes(4, "big") + a + k
+    check_payload_size(payload, executor.max_payload_bytes, f"the arguments of {name}")
+    return payload
+
+
+def decode_call(executor: Stent, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inverse of :func:`encode_call`."""
+    if len(payload) < 4:
+        raise SerializationError("stored call payload is truncated")
+    n = int.from_bytes(payload[:4], "big")
+    if n > len(payload) - 4:
+        raise SerializationError("stored call payload is truncated")
+    ser = executor.serializer
+    args = ser.loads(payload[4:4 + n])
+    kwargs = ser.loads(payload[4 + n:]) if len(payload) > 4 + n else {}
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise SerializationError("stored call payload does not hold (args, kwargs)")
+    return args, kwargs
+
+
+def call_digest(name: str, payload: bytes) -> str:
+    """Digest of a call's function name and encoded arguments, compared on replay."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(name.encode())
+    h.update(b"\0")
+    h.update(payload)
+    return h.hexdigest()
+
+
+def outcome_value(executor: Stent, outcome: TaskOutcome | StepRecord) -> Any:
+    """The value of a finished step, or raise its error (marked as a step error)."""
+    if outcome.state == "completed":
+        assert outcome.result is not None
+        return executor.serializer.loads(outcome.result)
+    if outcome.state == "cancelled":
+        raise ExecutionCancelledError(f"step {outcome.task_id} was cancelled")
+    err = decode_error(outcome.error) if outcome.error is not None else RuntimeError(
+        f"step {outcome.task_id} failed without a stored error"
+    )
+    try:
+        setattr(err, STEP_ERROR_ATTR, outcome.task_id)
+    except Exception:  # some exception types refuse new attributes; marking is best-effort
+        pass
+    raise err
+
+
+def _check_replay(ctx: TaskContext, seq: int, rec: StepRecord, name: str, digest: str) -> None:
+    if rec.step_name == name and rec.arg_digest == digest:
+        return
+    what = "function" if rec.step_name != name else "arguments"
+    err = NonDeterminismError(
+        f"replay of task {ctx.task.id} ({ctx.task.step_name}) diverged at step {seq} "
+        f"(attempt {ctx.task.attempt}): recorded call {rec.step_name} (digest "
+        f"{rec.arg_digest}), but the code now calls {name} (digest {digest}); the "
+        f"{what} differ. Code that changes the order or arguments of durable calls cannot "
+        "resume executions started by the old code"
+    )
+    ctx.nondeterminism = err
+    raise err
+
+
+def _new_step(
+    ctx: TaskContext, seq: int, name: str, kind: str, payload: bytes, digest: str,
+    now: datetime, *, due_at: datetime | None = None, fn: DurableFunction[..., Any] | None = None,
+    state: str = "pending", result: bytes | None = None,
+) -> NewTask:
+    t = ctx.task
+    return NewTask(
+        id=uuid.uuid4().hex, parent_id=t.id, parent_attempt=t.attempt, seq=seq,
+        step_name=name, kind=kind, args=payload, arg_digest=digest,
+        due_at=due_at or now,
+        queue=fn.queue if fn else None, tags=fn.tags if fn else (),
+        priority=fn.priority if fn else t.priority,
+        retry_policy=fn.retry_policy.to_dict() if fn else {},
+        timeout_s=fn.timeout.total_seconds() if fn and fn.timeout else None,
+        max_concurrent=fn.max_concurrent if fn else None,
+        idempotency_key=f"{t.id}:{t.attempt}:{seq}",
+        state=state, result=result,
+    )
+
+
+async def _await_child(ctx: TaskContext, child_id: str) -> TaskOutcome:
+    ctx.begin_wait(child_id)
+    try:
+        return await ctx.executor.hub.wait(child_id)
+    finally:
+        ctx.end_wait(child_id)
+
+
+def start_step(
+    ctx: TaskContext, fn: DurableFunction[..., Any], args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Coroutine[Any, Any, Any]:
+    """Make a durable call from inside a task: take its sequence number now, encode its
+    arguments now (a bad argument fails here, before anything is written), and return the
+    coroutine that records or replays it."""
+    seq = ctx.take_seq()
+    payload = encode_call(ctx.executor, fn.name, args, kwargs)
+    return _run_step(ctx, fn, seq, payload, call_digest(fn.name, payload))
+
+
+async def _run_step(
+    ctx: TaskContext, fn: DurableFunction[..., Any], seq: int, payload: bytes, digest: str
+) -> Any:
+    executor = ctx.executor
+    rec = ctx.history.get(seq)
+    if rec is not None:
+        _check_replay(ctx, seq, rec, fn.name, digest)
+        if rec.state in ("completed", "failed", "cancelled"):
+            return outcome_value(executor, rec)
+        return outcome_value(executor, await _await_child(ctx, rec.task_id))
+
+    now = executor.clock.now()
+    new = _new_step(ctx, seq, fn.name, TaskKind.FUNCTION, payload, digest, now, fn=fn)
+    # Watch before the row exists, so that no completion can slip between insert and wait.
+    ctx.begin_wait(new.id)
+    try:
+        lease = ctx.worker.reserve_local_slot(new)
+        try:
+            task, created = await executor.backend.create_step(
+                ctx.task.id, ctx.task.fence, new, now, lease
+            )
+        except BaseException:
+            if lease is not None:
+                ctx.worker.release_reserved_slot()
+            raise
+        if created and lease is not None:
+            ctx.worker.run_reserved(task)
+        elif lease is not None:
+            ctx.worker.release_reserved_slot()
+        if not created:
+            rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                             task.state, task.result, task.error)
+            _check_replay(ctx, seq, rec, fn.name, digest)
+        outcome = await _finished_or_wait(ctx, task)
+    finally:
+        ctx.end_wait(new.id)
+    return outcome_value(executor, outcome)
+
+
+async def _finished_or_wait(ctx: TaskContext, task: TaskRecord) -> TaskOutcome:
+    if task.state in ("completed", "failed", "cancelled"):
+        return TaskOutcome(task.id, task.state, task.result, task.error)
+    if task.id not in ctx.awaiting:
+        return await _await_child(ctx, task.id)
+    return await ctx.executor.hub.wait(task.id)
+
+
+async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
+    """A value computed once and replayed (``Stent.now()``, ``Stent.uuid4()``)."""
+    executor = ctx.executor
+    seq = ctx.take_seq()
+    rec = ctx.history.get(seq)
+    digest = call_digest(name, b"")
+    if rec is not None:
+        _check_replay(ctx, seq, rec, name, digest)
+        return outcome_value(executor, rec)
+    value = make()
+    result = dumps_with_path(executor.serializer, value, name)
+    now = executor.clock.now()
+    new = _new_step(ctx, seq, name, TaskKind.VALUE, b"", digest, now,
+                    state="completed", result=result)
+    task, created = await executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+    if not created:
+        rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                         task.state, task.result, task.error)
+        _check_replay(ctx, seq, rec, name, digest)
+        return outcome_value(executor, rec)
+    return value
+
+
+async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
+    """A durable timer: a ``sleep`` step due at now + ``delay``, fired by any worker."""
+    executor = ctx.executor
+    seq = ctx.take_seq()
+    payload = dumps_with_path(executor.serializer, delay.total_seconds(), "duration")
+    digest = call_digest(SLEEP_STEP, payload)
+    rec = ctx.history.get(seq)
+    if rec is not None:
+        _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
+        if rec.state not in ("completed", "failed", "cancelled"):
+            outcome_value(executor, await _await_child(ctx, rec.task_id))
+        return
+    now = executor.clock.now()
+    new = _new_step(ctx, seq, SLEEP_STEP, TaskKind.SLEEP, payload, digest, now,
+                    due_at=now + delay)
+    ctx.begin_wait(new.id)
+    try:
+        task, created = await executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+        if not created:
+            rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                             task.state, task.result, task.error)
+            _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
+        ctx.worker.timer_scheduled(task.due_at)
+        outcome_value(executor, await _finished_or_wait(ctx, task))
+    finally:
+        ctx.end_wait(new.id)

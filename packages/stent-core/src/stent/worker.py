@@ -1,0 +1,322 @@
+"""``Worker``: the claim loop, slots, leases and heartbeats, suspension and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from . import faults
+from .durations import parse_duration
+from .lifecycle import WorkerLifecycle
+from .names import check_queue, check_tags
+from .records import ClaimFilter, Lease, NewTask, TaskKind, TaskRecord
+from .runner import RunningTask, TaskRunner
+from .waiting import sleep_or_event
+
+if TYPE_CHECKING:
+    from .app import Stent
+
+log = logging.getLogger("stent.worker")
+
+
+class Worker:
+    """One worker: claims tasks into free slots and runs them until drained or cancelled.
+
+    A task holds a slot while its own code runs and gives it back while it awaits steps, so a
+    workflow waiting on its children never blocks them from running.
+    """
+
+    def __init__(
+        self,
+        executor: Stent,
+        *,
+        worker_id: str | None = None,
+        queues: Iterable[str | None] | None = None,
+        tags: Iterable[str] | None = None,
+        max_concurrency: int = 10,
+        lease_duration: object = timedelta(minutes=5),
+        heartbeat_interval: object = None,
+        poll_interval: float = 1.0,
+        poll_interval_max: float | None = None,
+        poll_backoff_factor: float | None = None,
+        lifecycle: WorkerLifecycle | None = None,
+        suspend_after: float = 60.0,
+        drain_grace_period: float = 30.0,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"invalid max_concurrency {max_concurrency!r}: expected an int >= 1")
+        self.executor = executor
+        self.worker_id = worker_id or f"{executor.worker_name_prefix}-{uuid.uuid4().hex[:12]}"
+        self.queues: tuple[str | None, ...] | None = (
+            None if queues is None else tuple(check_queue(q) for q in queues)
+        )
+        self.tags = check_tags(tags)
+        self.max_concurrency = max_concurrency
+        self.lease = parse_duration(lease_duration)
+        if self.lease <= timedelta(0):
+            raise ValueError(f"invalid lease_duration {lease_duration!r}: must be positive")
+        self.heartbeat_s = (
+            parse_duration(heartbeat_interval).total_seconds()
+            if heartbeat_interval is not None else self.lease.total_seconds() / 3
+        )
+        for name, v in (("poll_interval", poll_interval), ("suspend_after", suspend_after),
+                        ("drain_grace_period", drain_grace_period)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != v:
+                raise ValueError(f"invalid {name} {v!r}: expected seconds >= 0")
+        if self.heartbeat_s <= 0:
+            raise ValueError(f"invalid heartbeat_interval {heartbeat_interval!r}: must be positive")
+        self.poll_interval = max(float(poll_interval), 0.001)
+        self.poll_interval_max = float(poll_interval_max or self.poll_interval)
+        self.poll_backoff = float(poll_backoff_factor or 2.0)
+        self.suspend_after = float(suspend_after)
+        self.drain_grace = float(drain_grace_period)
+        self.lifecycle = lifecycle or WorkerLifecycle()
+        self.lifecycle.worker_id = self.worker_id
+        self.runner = TaskRunner(self)
+        self.running: dict[str, RunningTask] = {}
+        self.active = 0
+        self.reserved = 0
+        self._wake = asyncio.Event()
+        self._next_timer: datetime | None = None
+        self._stopping = False
+        self._last_outage_log = 0.0
+        self._last_claim_ok = True
+
+    # -- public -------------------------------------------------------------------------------
+    def claim_filter(self) -> ClaimFilter:
+        """What this worker may claim, from the functions registered right now."""
+        return ClaimFilter(self.executor.registry.names(), self.queues, self.tags or None)
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Serve until drained or cancelled."""
+        ex = self.executor
+        lc = self.lifecycle
+        lc.drain_event()
+        ex.register_worker(self)
+        housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
+        try:
+            if not lc.draining:
+                lc.state = "ready"
+                ex.worker_ready()
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            self._stopping = True
+            housekeeping.cancel()
+            await self._stop_all("shutdown")
+            lc.state = "stopped"
+            lc.active_tasks = 0
+            ex.unregister_worker(self)
+
+    # -- slots --------------------------------------------------------------------------------
+    def _free_slots(self) -> int:
+        return self.max_concurrency - self.active - self.reserved
+
+    def reserve_local_slot(self, new: NewTask) -> Lease | None:
+        """Reserve a slot to run a just-created step here, if one is free and it is ours to run.
+
+        Returns:
+            The lease to create the step with, or None to leave it to the claim loop.
+        """
+        if self._stopping or self.lifecycle.draining or self._free_slots() <= 0:
+            return None
+        if new.kind != TaskKind.FUNCTION or new.step_name not in self.executor.registry:
+            return None
+        if self.queues is not None and new.queue not in self.queues:
+            return None
+        if self.tags and new.tags and not set(new.tags) & set(self.tags):
+            return None
+        self.reserved += 1
+        return Lease(self.worker_id, self.executor.clock.now() + self.lease)
+
+    def release_reserved_slot(self) -> None:
+        """Give back a reservation that was not used."""
+        self.reserved -= 1
+        self.wake()
+
+    def run_reserved(self, task: TaskRecord) -> None:
+        """Run a step created with this worker's lease."""
+        self.reserved -= 1
+        self._start(task)
+
+    def task_started_waiting(self, task_id: str) -> None:
+        """A running task awaits steps: its slot is free for others."""
+        rt = self.running.get(task_id)
+        if rt is None or not rt.holds_slot:
+            return
+        rt.holds_slot = False
+        rt.waiting_since = self.executor.clock.monotonic()
+        self.active -= 1
+        self._sync_lifecycle()
+        if self.lifecycle.draining:
+            rt.stop("suspend")
+        self.wake()
+
+    def task_stopped_waiting(self, task_id: str) -> None:
+        """The task's awaited steps are done: it runs again (taking a slot, possibly over the
+        limit for a moment; it gives it back at its next wait or when it finishes)."""
+        rt = self.running.get(task_id)
+        if rt is None or rt.holds_slot:
+            return
+        rt.holds_slot = True
+        rt.waiting_since = None
+        self.active += 1
+
+    def timer_scheduled(self, due_at: datetime) -> None:
+        """A timer or retry is due at ``due_at``: wake the claim loop then."""
+        if self._next_timer is None or due_at < self._next_timer:
+            self._next_timer = due_at
+            self.wake()
+
+    def _sync_lifecycle(self) -> None:
+        self.lifecycle.active_tasks = len(self.running)
+
+    def _start(self, task: TaskRecord) -> None:
+        rt = RunningTask(task)
+        self.running[task.id] = rt
+        self.active += 1
+        self._sync_lifecycle()
+        rt.task = asyncio.get_running_loop().create_task(
+            self._run_one(rt), name=f"stent-task-{task.id}"
+        )
+
+    async def _run_one(self, rt: RunningTask) -> None:
+        try:
+            await self.runner.run(rt)
+        except asyncio.CancelledError:
+            pass
+        except faults.WorkerCrash:
+            raise
+        except Exception:
+            log.exception("internal error while running task %s", rt.record.id)
+        finally:
+            self.running.pop(rt.record.id, None)
+            if rt.holds_slot:
+                self.active -= 1
+            self._sync_lifecycle()
+            self.wake()
+
+    # -- the claim loop -------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        ex = self.executor
+        interval = self.poll_interval
+        while not self.lifecycle.draining and not self._stopping:
+            self._wake.clear()
+            free = self._free_slots()
+            if free > 0:
+                now = ex.clock.now()
+                if self._next_timer is not None and self._next_timer <= now:
+                    self._next_timer = None
+                try:
+                    await faults.hit("before_claim")
+                    tasks = await ex.backend.claim(
+                        self.worker_id, self.claim_filter(), free, now, now + self.lease
+                    )
+                except faults.WorkerCrash:
+                    raise
+                except Exception as exc:
+                    self.storage_trouble(exc)
+                    await sleep_or_event(ex, min(5.0, max(interval, 0.5)), self._wake)
+                    interval = min(5.0, interval * 2)
+                    continue
+                self._storage_ok()
+                for t in tasks:
+                    self._start(t)
+                if tasks:
+                    interval = self.poll_interval
+                    if len(tasks) == free:
+                        await asyncio.sleep(0)
+                        continue
+            timeout = interval
+            if self._next_timer is not None:
+                until = (self._next_timer - ex.clock.now()).total_seconds()
+                timeout = max(0.0, min(timeout, until))
+            woke = await sleep_or_event(ex, timeout, self._wake)
+            if not woke:
+                interval = min(self.poll_interval_max, interval * self.poll_backoff)
+
+    # -- heartbeats and suspension ------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        ex = self.executor
+        tick = min(self.heartbeat_s, max(self.suspend_after / 2, 0.01))
+        last_beat = ex.clock.monotonic()
+        while True:
+            await ex.clock.sleep(tick)
+            mono = ex.clock.monotonic()
+            if mono - last_beat >= self.heartbeat_s * 0.999 or tick == self.heartbeat_s:
+                last_beat = mono
+                await self._heartbeat()
+            for rt in list(self.running.values()):
+                if rt.waiting_since is not None and mono - rt.waiting_since >= self.suspend_after:
+                    log.info("suspending task %s after waiting %.0fs", rt.record.id,
+                             mono - rt.waiting_since)
+                    rt.stop("suspend")
+
+    async def _heartbeat(self) -> None:
+        ex = self.executor
+        held = [(tid, rt.record.fence) for tid, rt in self.running.items()]
+        if not held:
+            return
+        await faults.hit("during_heartbeat")
+        until = ex.clock.now() + self.lease
+        try:
+            lost = await ex.backend.renew_leases(self.worker_id, held, until)
+        except Exception as exc:
+            self.storage_trouble(exc)
+            return
+        self._storage_ok()
+        for tid, rt in list(self.running.items()):
+            ok = tid not in lost
+            ex.metric("lease_renewed", task_id=tid, success=ok)
+            if ok:
+                rt.record.lease_expires_at = until
+            elif any(tid == h for h, _ in held):
+                log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
+                            rt.record.fence,
+                            extra={"execution_id": rt.record.execution_id, "task_id": tid})
+                rt.stop("lease_lost")
+
+    # -- outages ----------------------------------------------------------------------------------
+    def storage_trouble(self, exc: BaseException) -> None:
+        """Log a storage failure at most once per 30 s; the caller retries with backoff."""
+        now = time.monotonic()
+        if now - self._last_outage_log >= 30.0:
+            self._last_outage_log = now
+            log.warning("storage unavailable, retrying: %s", exc)
+        self._last_claim_ok = False
+
+    def _storage_ok(self) -> None:
+        if not self._last_claim_ok:
+            log.info("storage reachable again")
+            self._last_claim_ok = True
+
+    # -- drain and stop -----------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        lc = self.lifecycle
+        lc.state = "draining"
+        log.info("worker %s draining: %d tasks held", self.worker_id, len(self.running))
+        for rt in list(self.running.values()):
+            if not rt.holds_slot:
+                rt.stop("suspend")
+        deadline = self.executor.clock.monotonic() + self.drain_grace
+        while self.running and self.executor.clock.monotonic() < deadline:
+            self._wake.clear()
+            await sleep_or_event(self.executor, min(0.05, self.drain_grace), self._wake)
+
+    async def _stop_all(self, reason: str) -> None:
+        tasks = []
+        for rt in list(self.running.values()):
+            rt.stop(reason)
+            if rt.task is not None:
+                tasks.append(rt.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)
