@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 DurationLike: TypeAlias = timedelta | int | float | str | Mapping[str, int | float]
-"""Anything :func:`parse_duration` accepts."""
+"""What :func:`parse_duration` accepts (it takes ``object`` and checks at runtime, so
+callers can pass user input straight through)."""
 
 _STRING_HELP = "expected parts like '1h30m' or '250ms' (units: ms, s, m, h, d, w)"
 
@@ -45,7 +46,7 @@ _TIMEDELTA_KEYS = frozenset(
 )
 
 
-def parse_duration(value: DurationLike) -> timedelta:
+def parse_duration(value: object) -> timedelta:
     """Turn any accepted duration form into a non-negative :class:`~datetime.timedelta`.
 
     Accepted forms:
@@ -74,7 +75,7 @@ def parse_duration(value: DurationLike) -> timedelta:
     return _parse(value)
 
 
-def duration_seconds(value: DurationLike) -> float:
+def duration_seconds(value: object) -> float:
     """Like :func:`parse_duration`, but return the duration in seconds.
 
     Args:
@@ -90,7 +91,7 @@ def duration_seconds(value: DurationLike) -> float:
     return _parse(value).total_seconds()
 
 
-def parse_optional_duration(value: DurationLike | None) -> timedelta | None:
+def parse_optional_duration(value: object) -> timedelta | None:
     """Like :func:`parse_duration`, but let ``None`` (meaning "no limit") through.
 
     Args:
@@ -109,8 +110,6 @@ def parse_optional_duration(value: DurationLike | None) -> timedelta | None:
 
 
 def _parse(value: object) -> timedelta:
-    # Typed as ``object`` so the final TypeError branch is reachable for mypy:
-    # callers may well pass something outside ``DurationLike`` at runtime.
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError(f"invalid duration {value!r}: durations cannot be negative")

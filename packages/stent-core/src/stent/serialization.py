@@ -497,9 +497,9 @@ def _make_walker(strict: bool) -> Walker:
             raise
         error: object = obj.error  # typed BaseException | None, but not checked at runtime
         if error is not None and not isinstance(error, BaseException):
-            refusal = _Refusal(f"Result.error must be an exception, not {type(error).__name__}")
-            refusal.segments.append(".error")
-            raise refusal
+            bad_error = _Refusal(f"Result.error must be an exception, not {type(error).__name__}")
+            bad_error.segments.append(".error")
+            raise bad_error
         encoded_error = None if error is None else _error_tree(error, depth + 1)
         return {TAG: "result", "ok": bool(obj.ok), "v": value, "e": encoded_error}
 
@@ -1014,7 +1014,7 @@ class JsonSerializer:
         """
         return _encode_tree(obj, path)
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | bytearray | memoryview | str) -> Any:
         """Decode bytes written by :meth:`dumps`.
 
         Args:
