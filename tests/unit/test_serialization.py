@@ -769,7 +769,9 @@ def test_resolve_returns_custom_object_unchanged() -> None:
     assert resolve_serializer(custom) is custom
 
 
-@pytest.mark.parametrize("spec", [42, None, PlainSerializer, object()], ids=repr)
+@pytest.mark.parametrize(
+    "spec", [42, None, PlainSerializer, object()], ids=["int", "none", "class", "object"]
+)
 def test_resolve_rejects_other_things_with_type_error(spec: Any) -> None:
     with pytest.raises(TypeError):
         resolve_serializer(spec)

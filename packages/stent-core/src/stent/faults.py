@@ -43,3 +43,11 @@ async def hit(point: str, **info: Any) -> None:
     """Pass fault point ``point``."""
     if plan is not None:
         await plan.hit(point, **info)
+
+
+def plan_hit_sync(point: str, **info: Any) -> None:
+    """Pass a fault point from synchronous code (the plan's ``hit_sync``, if it has one)."""
+    if plan is not None:
+        hook = getattr(plan, "hit_sync", None)
+        if hook is not None:
+            hook(point, **info)

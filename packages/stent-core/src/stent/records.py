@@ -6,6 +6,7 @@ Times are aware UTC ``datetime`` objects in the engine; backends may store them 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -113,7 +114,7 @@ class TaskRecord:
 
     def copy(self) -> TaskRecord:
         """A detached copy (backends never hand out their own objects)."""
-        return dataclasses.replace(self)
+        return dataclasses.replace(self, retry_policy=copy.deepcopy(self.retry_policy))
 
 
 @dataclass(slots=True)
@@ -143,9 +144,9 @@ class ExecutionRecord:
         """A detached copy."""
         return dataclasses.replace(
             self,
-            progress=list(self.progress),
+            progress=copy.deepcopy(self.progress),
             counters=dict(self.counters),
-            custom_state=dict(self.custom_state),
+            custom_state=copy.deepcopy(self.custom_state),
         )
 
 
@@ -161,6 +162,10 @@ class DeadLetterRecord:
     error: bytes | None
     created_at: datetime
     retries: int
+
+    def copy(self) -> DeadLetterRecord:
+        """A detached copy."""
+        return dataclasses.replace(self)
 
 
 @dataclass(frozen=True, slots=True)

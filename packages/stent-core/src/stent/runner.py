@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import faults
 from .context import TaskContext, _current
 from .errors import (
     NonDeterminismError,
@@ -109,7 +110,11 @@ class TaskRunner:
         error: BaseException | None = None
         value: Any = None
         try:
+            if faults.plan is not None:
+                await faults.plan.hit("before_step", step=task.step_name, task_id=task.id)
             value = await fn.fn(*args, **kwargs)
+            if faults.plan is not None:
+                await faults.plan.hit("after_step_result", step=task.step_name, task_id=task.id)
         except asyncio.CancelledError:
             reason = rt.stop_reason
             if reason == "timeout":
@@ -119,6 +124,8 @@ class TaskRunner:
                 )
             elif reason == "suspend":
                 await self._suspend(rt)
+                return
+            elif reason == "crash":
                 return
             elif reason == "lease_lost":
                 log.warning("task %s lost its lease; its outcome is discarded", task.id,
@@ -165,7 +172,7 @@ class TaskRunner:
         ok = await self._write(rt, lambda now: ex.backend.complete_task(task.id, task.fence,
                                                                          result, now))
         if ok:
-            self._finished(TaskOutcome(task.id, "completed", result, None))
+            self._finished(TaskOutcome(task.id, "completed", result, None), task.step_name)
 
     async def _fail(self, rt: RunningTask, exc: BaseException) -> None:
         task = rt.record
@@ -213,7 +220,7 @@ class TaskRunner:
                           kind=task.kind, reason=reason)
                 log.warning("task %s (%s) dead-lettered: %s", task.id, task.step_name, reason,
                             extra={"execution_id": task.execution_id, "task_id": task.id})
-            self._finished(TaskOutcome(task.id, "failed", None, error))
+            self._finished(TaskOutcome(task.id, "failed", None, error), task.step_name)
 
     async def _suspend(self, rt: RunningTask) -> None:
         task = rt.record
@@ -230,7 +237,9 @@ class TaskRunner:
         except Exception as exc:  # the lease will expire and another worker takes over
             log.warning("could not release task %s: %s", task.id, exc)
 
-    def _finished(self, outcome: TaskOutcome) -> None:
+    def _finished(self, outcome: TaskOutcome, step: str) -> None:
+        if faults.plan is not None:
+            faults.plan_hit_sync("after_step_recorded", task_id=outcome.task_id, step=step)
         self.executor.hub.resolve(outcome)
         self.executor.publish("done", outcome.task_id)
         self.worker.wake()

@@ -84,6 +84,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._next_timer: datetime | None = None
         self._stopping = False
+        self._crashed = False
         self._last_outage_log = 0.0
         self._last_claim_ok = True
 
@@ -108,14 +109,17 @@ class Worker:
                 lc.state = "ready"
                 ex.worker_ready()
             await self._claim_loop()
-            await self._drain()
+            if not self._crashed:
+                await self._drain()
         finally:
             self._stopping = True
             housekeeping.cancel()
-            await self._stop_all("shutdown")
+            await self._stop_all("crash" if self._crashed else "shutdown")
             lc.state = "stopped"
             lc.active_tasks = 0
             ex.unregister_worker(self)
+        if self._crashed:
+            raise faults.WorkerCrash(f"worker {self.worker_id} crashed (injected)")
 
     # -- slots --------------------------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -195,7 +199,7 @@ class Worker:
         except asyncio.CancelledError:
             pass
         except faults.WorkerCrash:
-            raise
+            self.crash()
         except Exception:
             log.exception("internal error while running task %s", rt.record.id)
         finally:
@@ -222,7 +226,8 @@ class Worker:
                         self.worker_id, self.claim_filter(), free, now, now + self.lease
                     )
                 except faults.WorkerCrash:
-                    raise
+                    self.crash()
+                    break
                 except Exception as exc:
                     self.storage_trouble(exc)
                     await sleep_or_event(ex, min(5.0, max(interval, 0.5)), self._wake)
@@ -266,7 +271,11 @@ class Worker:
         held = [(tid, rt.record.fence) for tid, rt in self.running.items()]
         if not held:
             return
-        await faults.hit("during_heartbeat")
+        try:
+            await faults.hit("during_heartbeat")
+        except faults.WorkerCrash:
+            self.crash()
+            return
         until = ex.clock.now() + self.lease
         try:
             lost = await ex.backend.renew_leases(self.worker_id, held, until)
@@ -298,6 +307,18 @@ class Worker:
         if not self._last_claim_ok:
             log.info("storage reachable again")
             self._last_claim_ok = True
+
+    def crash(self) -> None:
+        """Die abruptly (crash injection): drop every coroutine, write nothing, keep the
+        leases held in storage, stop claiming. The tasks are taken over after their leases."""
+        if self._crashed:
+            return
+        self._crashed = True
+        self._stopping = True
+        for rt in list(self.running.values()):
+            rt.stop("crash")
+        self.wake()
+        log.warning("worker %s crashed (injected)", self.worker_id)
 
     # -- drain and stop -----------------------------------------------------------------------------
     async def _drain(self) -> None:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
+from stent.clock import to_utc
 from stent.errors import LeaseLostError
 from stent.records import (
     TERMINAL_EXECUTION_STATES,
@@ -63,7 +64,7 @@ class InMemoryBackend:
             id=new.id, execution_id=execution_id, parent_id=new.parent_id,
             parent_attempt=new.parent_attempt, seq=new.seq, step_name=new.step_name,
             kind=new.kind, state=new.state, args=new.args, arg_digest=new.arg_digest,
-            created_at=now, due_at=new.due_at, result=new.result, queue=new.queue,
+            created_at=to_utc(now), due_at=to_utc(new.due_at), result=new.result, queue=new.queue,
             tags=tuple(new.tags), priority=new.priority, retry_policy=dict(new.retry_policy),
             timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
             idempotency_key=new.idempotency_key, finished_at=now if finished else None,
@@ -87,6 +88,7 @@ class InMemoryBackend:
     def _finish_execution(
         self, t: TaskRecord, state: str, now: datetime, result: bytes | None, error: bytes | None
     ) -> None:
+        now = to_utc(now)
         if t.parent_id is not None:
             return
         ex = self._executions.get(t.execution_id)
@@ -100,14 +102,16 @@ class InMemoryBackend:
 
     # -- engine operations --------------------------------------------------------------------
     async def create_execution(self, new: NewExecution, now: datetime) -> tuple[str, bool]:
+        now = to_utc(now)
         if new.id in self._executions:
             return new.id, False
         if new.idempotency_key is not None and new.idempotency_key in self._idem:
             return self._idem[new.idempotency_key], False
         ex = ExecutionRecord(
             id=new.id, function=new.function, state="pending", root_task_id=new.root.id,
-            created_at=now, args=new.args, queue=new.queue, tags=tuple(new.tags),
-            priority=new.priority, idempotency_key=new.idempotency_key, deadline=new.deadline,
+            created_at=to_utc(now), args=new.args, queue=new.queue, tags=tuple(new.tags),
+            priority=new.priority, idempotency_key=new.idempotency_key,
+            deadline=to_utc(new.deadline) if new.deadline else None,
         )
         _progress(ex, "dispatched", now)
         self._executions[ex.id] = ex
@@ -120,6 +124,8 @@ class InMemoryBackend:
         self, worker_id: str, claim_filter: ClaimFilter, limit: int, now: datetime,
         lease_until: datetime,
     ) -> list[TaskRecord]:
+        now = to_utc(now)
+        lease_until = to_utc(lease_until)
         if limit <= 0:
             return []
         candidates = [
@@ -132,8 +138,23 @@ class InMemoryBackend:
             and claim_filter.matches(t)
         ]
         candidates.sort(key=lambda t: (-t.priority, t.due_at, self._created_order[t.id]))
+        # max_concurrent: running instances per capped function, counted inside this same
+        # atomic step so that two claimers can never both take the last slot.
+        capped = {t.step_name for t in candidates if t.max_concurrent is not None}
+        running: dict[str, int] = dict.fromkeys(capped, 0)
+        if capped:
+            for t in self._tasks.values():
+                if (t.step_name in capped and t.state == "running"
+                        and t.lease_expires_at is not None and t.lease_expires_at >= now):
+                    running[t.step_name] += 1
         out: list[TaskRecord] = []
-        for t in candidates[:limit]:
+        for t in candidates:
+            if len(out) >= limit:
+                break
+            if t.max_concurrent is not None:
+                if running[t.step_name] >= t.max_concurrent:
+                    continue
+                running[t.step_name] += 1
             if t.state == "running":
                 t.crash_count += 1
             t.state = "running"
@@ -155,6 +176,7 @@ class InMemoryBackend:
         self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
         lease: Lease | None = None,
     ) -> tuple[TaskRecord, bool]:
+        now = to_utc(now)
         parent = self._held(parent_id, parent_fence)
         if parent is None:
             raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
@@ -167,7 +189,7 @@ class InMemoryBackend:
             rec.state = "running"
             rec.fence = 1
             rec.worker_id = lease.worker_id
-            rec.lease_expires_at = lease.expires_at
+            rec.lease_expires_at = to_utc(lease.expires_at)
             rec.started_at = now
         self._tasks[rec.id] = rec
         self._by_key[key] = rec.id
@@ -185,6 +207,7 @@ class InMemoryBackend:
         return out
 
     async def complete_task(self, task_id: str, fence: int, result: bytes, now: datetime) -> bool:
+        now = to_utc(now)
         t = self._held(task_id, fence)
         if t is None:
             return False
@@ -202,6 +225,7 @@ class InMemoryBackend:
         self, task_id: str, fence: int, error: bytes, now: datetime,
         dead_letter_reason: str | None,
     ) -> bool:
+        now = to_utc(now)
         t = self._held(task_id, fence)
         if t is None:
             return False
@@ -223,6 +247,8 @@ class InMemoryBackend:
     async def retry_task(
         self, task_id: str, fence: int, error: bytes, due_at: datetime, now: datetime
     ) -> bool:
+        now = to_utc(now)
+        due_at = to_utc(due_at)
         t = self._held(task_id, fence)
         if t is None:
             return False
@@ -239,6 +265,7 @@ class InMemoryBackend:
         return True
 
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        now = to_utc(now)
         t = self._held(task_id, fence)
         if t is None:
             return False
@@ -250,6 +277,7 @@ class InMemoryBackend:
     async def suspend_task(
         self, task_id: str, fence: int, awaited: Sequence[str], now: datetime
     ) -> bool:
+        now = to_utc(now)
         t = self._held(task_id, fence)
         if t is None:
             return False
@@ -270,6 +298,7 @@ class InMemoryBackend:
     async def renew_leases(
         self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: datetime
     ) -> set[str]:
+        lease_until = to_utc(lease_until)
         lost: set[str] = set()
         for task_id, fence in held:
             t = self._held(task_id, fence)
@@ -311,8 +340,8 @@ class InMemoryBackend:
             raise BackendError(f"no task with id {task.id!r}")
         t.state = task.state
         t.worker_id = task.worker_id
-        t.lease_expires_at = task.lease_expires_at
-        t.due_at = task.due_at
+        t.lease_expires_at = to_utc(task.lease_expires_at) if task.lease_expires_at else None
+        t.due_at = to_utc(task.due_at)
         t.priority = task.priority
         t.queue = task.queue
         t.tags = tuple(task.tags)
@@ -320,7 +349,7 @@ class InMemoryBackend:
         t.crash_count = task.crash_count
         t.fence += 1
         task.fence = t.fence
-        if t.state == "pending":
+        if t.state == "pending" or t.state in TERMINAL_TASK_STATES:
             self._wake_parent(t)
 
     async def list_tasks_for_execution(self, execution_id: str) -> list[TaskRecord]:
@@ -342,6 +371,7 @@ class InMemoryBackend:
 
     # -- maintenance and dead letters ------------------------------------------------------------
     async def cleanup_executions(self, older_than: datetime) -> int:
+        older_than = to_utc(older_than)
         doomed = [
             e.id for e in self._executions.values()
             if e.state in TERMINAL_EXECUTION_STATES and e.finished_at is not None
@@ -362,6 +392,7 @@ class InMemoryBackend:
         return len(doomed)
 
     async def cleanup_dead_letters(self, older_than: datetime) -> int:
+        older_than = to_utc(older_than)
         doomed = [k for k, d in self._dead.items() if d.created_at < older_than]
         for k in doomed:
             del self._dead[k]
@@ -369,15 +400,17 @@ class InMemoryBackend:
 
     async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
         rows = sorted(self._dead.values(), key=lambda d: d.created_at, reverse=True)
-        return rows[:limit]
+        return [d.copy() for d in rows[:limit]]
 
     async def get_dead_letter(self, task_id: str) -> DeadLetterRecord | None:
-        return self._dead.get(task_id)
+        d = self._dead.get(task_id)
+        return d.copy() if d is not None else None
 
     async def replay_dead_letter(
         self, task_id: str, *, queue: str | None, reset_retries: bool, now: datetime,
         set_queue: bool = False,
     ) -> bool:
+        now = to_utc(now)
         dl = self._dead.get(task_id)
         t = self._tasks.get(task_id)
         if dl is None or t is None or t.state != "failed":

@@ -1,0 +1,231 @@
+"""The engine's operations on SQLite, as plain functions of a ``sqlite3.Connection``.
+
+Each runs on the connection thread inside the caller's savepoint of a group-committed
+transaction (see ``_sqlite_db.py``), so it is atomic and sees a stable database; it may
+issue several statements because they cost microseconds there, not thread hops. Every
+state rule of the reference backend (``stent_testing.memory``) is a WHERE clause below.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from stent.errors import LeaseLostError
+from stent.records import (
+    ClaimFilter,
+    Lease,
+    NewExecution,
+    NewTask,
+    StepRecord,
+    TaskOutcome,
+    TaskRecord,
+)
+
+from ._sqlite_rows import (
+    epoch,
+    epoch_or_none,
+    json_list,
+    progress_entry,
+    step_from_row,
+    task_from_row,
+    task_params,
+)
+from .migrations import load_queries
+
+Q = load_queries("sqlite")
+
+
+def create_execution(db: sqlite3.Connection, new: NewExecution, now: datetime) -> tuple[str, bool]:
+    """Insert an execution and its root task unless the id or idempotency key is taken."""
+    inserted = db.execute(Q["insert_execution"], {
+        "id": new.id,
+        "function": new.function,
+        "root_task_id": new.root.id,
+        "args": new.args,
+        "queue": new.queue,
+        "tags": json_list(new.tags),
+        "priority": new.priority,
+        "idempotency_key": new.idempotency_key,
+        "deadline": epoch_or_none(new.deadline),
+        "now": epoch(now),
+        "entry": progress_entry("dispatched", now),
+    }).fetchone()
+    if inserted is None:
+        row = db.execute(Q["execution_id_taken"], {
+            "id": new.id, "idempotency_key": new.idempotency_key,
+        }).fetchone()
+        return str(row[0]), False
+    params = task_params(new.root, now)
+    params["execution_id"] = new.id
+    db.execute(Q["insert_root_task"], params)
+    return new.id, True
+
+
+def claim(
+    db: sqlite3.Connection, worker_id: str, claim_filter: ClaimFilter, limit: int,
+    now: datetime, lease_until: datetime,
+) -> list[TaskRecord]:
+    """Lease up to ``limit`` eligible tasks in claim order; start their executions."""
+    queues = claim_filter.queues
+    rows = db.execute(Q["claim"], {
+        "now": epoch(now),
+        "limit": limit,
+        "names": json_list(sorted(claim_filter.names)),
+        "queues": None if queues is None else json_list([q for q in queues if q is not None]),
+        "default_queue": queues is not None and None in queues,
+        "tags": json_list(claim_filter.tags) if claim_filter.tags else None,
+        "worker_id": worker_id,
+        "lease_until": epoch(lease_until),
+    }).fetchall()
+    # RETURNING hands rows back in no particular order: restore claim order.
+    rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["ordinal"]))
+    roots = [r["execution_id"] for r in rows if r["parent_id"] is None]
+    if roots:
+        db.execute(Q["start_executions"], {
+            "ids": json_list(roots), "now": epoch(now),
+            "entry": progress_entry("running", now),
+        })
+    return [task_from_row(r) for r in rows]
+
+
+def create_step(
+    db: sqlite3.Connection, parent_id: str, parent_fence: int, new: NewTask,
+    now: datetime, lease: Lease | None,
+) -> tuple[TaskRecord, bool]:
+    """Insert a child at its step key unless taken, fenced on the parent."""
+    params = task_params(new, now)
+    params["parent_id"] = parent_id
+    params["parent_fence"] = parent_fence
+    if lease is not None and new.state == "pending":
+        # Born claimed by the creating worker, so it can run locally without a poll.
+        params.update(state="running", worker_id=lease.worker_id,
+                      lease_expires_at=epoch(lease.expires_at), fence=1, started_at=epoch(now))
+    else:
+        params.update(worker_id=None, lease_expires_at=None, fence=0, started_at=None)
+    row = db.execute(Q["insert_step"], params).fetchone()
+    if row is not None:
+        return task_from_row(row), True
+    if db.execute(Q["task_is_held"], {"id": parent_id, "fence": parent_fence}).fetchone() is None:
+        raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
+    existing = db.execute(Q["task_by_step_key"], params).fetchone()
+    return task_from_row(existing), False
+
+
+def load_steps(db: sqlite3.Connection, parent_id: str, attempt: int) -> list[StepRecord]:
+    """Every recorded child of ``parent_id`` at ``attempt``, by sequence number."""
+    rows = db.execute(Q["load_steps"], {"parent_id": parent_id, "attempt": attempt})
+    return [step_from_row(r) for r in rows]
+
+
+def _finish_execution(
+    db: sqlite3.Connection, execution_id: str, state: str, now: datetime,
+    result: bytes | None, error: bytes | None,
+) -> None:
+    db.execute(Q["finish_execution"], {
+        "execution_id": execution_id, "state": state, "result": result, "error": error,
+        "now": epoch(now), "entry": progress_entry(state, now),
+    })
+
+
+def complete_task(
+    db: sqlite3.Connection, task_id: str, fence: int, result: bytes, now: datetime
+) -> bool:
+    """Record a result (fenced); wake the parent or finish the execution."""
+    row = db.execute(Q["complete_task"], {
+        "id": task_id, "fence": fence, "result": result, "now": epoch(now),
+    }).fetchone()
+    if row is None:
+        return False
+    if row["parent_id"] is not None:
+        db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
+    else:
+        _finish_execution(db, row["execution_id"], "completed", now, result, None)
+    return True
+
+
+def fail_task(
+    db: sqlite3.Connection, task_id: str, fence: int, error: bytes, now: datetime,
+    dead_letter_reason: str | None,
+) -> bool:
+    """Record a final failure (fenced), with a dead letter when a reason is given."""
+    row = db.execute(Q["fail_task"], {
+        "id": task_id, "fence": fence, "error": error, "now": epoch(now),
+    }).fetchone()
+    if row is None:
+        return False
+    if dead_letter_reason is not None:
+        db.execute(Q["upsert_dead_letter"], {
+            "task_id": task_id, "execution_id": row["execution_id"],
+            "step_name": row["step_name"], "queue": row["queue"],
+            "reason": dead_letter_reason, "error": error, "now": epoch(now),
+            "retries": row["retries"],
+        })
+    if row["parent_id"] is not None:
+        db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
+    else:
+        _finish_execution(db, row["execution_id"], "failed", now, None, error)
+    return True
+
+
+def retry_task(
+    db: sqlite3.Connection, task_id: str, fence: int, error: bytes, due_at: datetime,
+    now: datetime,
+) -> bool:
+    """Schedule the next attempt (fenced) and log it."""
+    row = db.execute(Q["retry_task"], {
+        "id": task_id, "fence": fence, "error": error, "due_at": epoch(due_at),
+    }).fetchone()
+    if row is None:
+        return False
+    entry = progress_entry("retrying", now, task_id=task_id, step=row["step_name"],
+                           attempt=row["attempt"])
+    db.execute(Q["append_progress"], {"execution_id": row["execution_id"], "entry": entry})
+    return True
+
+
+def release_task(db: sqlite3.Connection, task_id: str, fence: int) -> bool:
+    """Give a running task back (fenced)."""
+    return db.execute(Q["release_task"], {"id": task_id, "fence": fence}).rowcount > 0
+
+
+def suspend_task(
+    db: sqlite3.Connection, task_id: str, fence: int, awaited: Sequence[str], now: datetime
+) -> bool:
+    """Drop the lease of a task waiting on ``awaited`` (fenced): waiting, or pending."""
+    row = db.execute(Q["suspend_task"], {
+        "id": task_id, "fence": fence, "awaited": json_list(awaited),
+    }).fetchone()
+    if row is None:
+        return False
+    if row["state"] == "waiting":
+        entry = progress_entry("waiting", now, task_id=task_id, step=row["step_name"])
+        db.execute(Q["append_progress"], {"execution_id": row["execution_id"], "entry": entry})
+    return True
+
+
+def renew_leases(
+    db: sqlite3.Connection, worker_id: str, held: Sequence[tuple[str, int]],
+    lease_until: datetime,
+) -> set[str]:
+    """Extend the leases still held (fenced, and by this worker); return the lost ids."""
+    until = epoch(lease_until)
+    lost: set[str] = set()
+    for task_id, fence in held:
+        params: dict[str, Any] = {
+            "id": task_id, "fence": fence, "worker_id": worker_id, "lease_until": until,
+        }
+        if db.execute(Q["renew_lease"], params).rowcount == 0:
+            lost.add(task_id)
+    return lost
+
+
+def get_outcomes(db: sqlite3.Connection, task_ids: Sequence[str]) -> list[TaskOutcome]:
+    """Outcomes of the finished ones of ``task_ids``, in the order asked."""
+    found = {
+        r["id"]: TaskOutcome(r["id"], r["state"], r["result"], r["error"])
+        for r in db.execute(Q["get_outcomes"], {"ids": json_list(task_ids)})
+    }
+    return [found[t] for t in task_ids if t in found]

@@ -1,0 +1,318 @@
+-- Named queries of SQLiteBackend. Each starts at a "-- name --" line; see migrations.py.
+--
+-- Every worker write is fenced in its WHERE clause (id, fence, state = 'running'), so a
+-- worker whose lease was taken over changes nothing: the statement matches no row.
+-- Progress entries are appended in SQL and the log is bounded to its last 100 entries
+-- (PROGRESS_LIMIT in _sqlite_rows.py) by dropping the oldest one as the new one goes in.
+
+-- insert_execution --
+-- No target on ON CONFLICT: a taken id and a taken idempotency key both insert nothing.
+INSERT INTO stent_executions (
+    id, function, state, root_task_id, args, queue, tags, priority, idempotency_key,
+    deadline, created_at, progress)
+VALUES (
+    :id, :function, 'pending', :root_task_id, :args, :queue, :tags, :priority,
+    :idempotency_key, :deadline, :now, json_array(json(:entry)))
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- execution_id_taken --
+-- The id wins over the idempotency key, as in the reference backend.
+SELECT coalesce(
+    (SELECT id FROM stent_executions WHERE id = :id),
+    (SELECT id FROM stent_executions WHERE idempotency_key = :idempotency_key));
+
+-- insert_root_task --
+INSERT INTO stent_tasks (
+    id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+    arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+    max_concurrent, idempotency_key, created_at, finished_at)
+VALUES (
+    :id, :execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state, :args,
+    :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy, :timeout_s,
+    :max_concurrent, :idempotency_key, :now, :finished_at);
+
+-- insert_step --
+-- Insert-if-absent on the step key, and only while the parent is held at :parent_fence:
+-- the parent check and the insert are one statement, so no takeover can slip between them.
+-- Nothing inserted means "fenced out" or "key taken"; the caller tells which apart.
+INSERT INTO stent_tasks (
+    id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+    arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+    max_concurrent, idempotency_key, created_at, finished_at,
+    worker_id, lease_expires_at, fence, started_at)
+SELECT
+    :id, parent.execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state,
+    :args, :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy,
+    :timeout_s, :max_concurrent, :idempotency_key, :now, :finished_at,
+    :worker_id, :lease_expires_at, :fence, :started_at
+FROM stent_tasks AS parent
+WHERE parent.id = :parent_id AND parent.fence = :parent_fence AND parent.state = 'running'
+ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
+RETURNING *;
+
+-- task_is_held --
+SELECT 1 FROM stent_tasks WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- task_by_step_key --
+SELECT * FROM stent_tasks
+WHERE parent_id = :parent_id AND parent_attempt = :parent_attempt AND seq = :seq;
+
+-- claim --
+-- One statement: pick and lease. Two bounded index scans (due pending tasks in claim order;
+-- running tasks whose lease expired), merged and cut to :limit in claim order. Because the
+-- eligibility filter sits inside each scan, an ineligible task at the head never starves
+-- eligible ones behind it. Sleep timers ignore the queue and tag filters.
+WITH candidates AS (
+    SELECT * FROM (
+        SELECT t.ordinal, t.priority, t.due_at FROM stent_tasks AS t
+        WHERE t.state = 'pending' AND t.due_at <= :now
+          AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
+          AND (t.kind = 'sleep' OR (
+                (:queues IS NULL
+                 OR t.queue IN (SELECT value FROM json_each(:queues))
+                 OR (t.queue IS NULL AND :default_queue))
+            AND (:tags IS NULL OR t.tags = '[]'
+                 OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                            WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+        ORDER BY t.priority DESC, t.due_at, t.ordinal
+        LIMIT :limit)
+    UNION ALL
+    SELECT * FROM (
+        SELECT t.ordinal, t.priority, t.due_at FROM stent_tasks AS t
+        WHERE t.state = 'running' AND t.lease_expires_at < :now
+          AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
+          AND (t.kind = 'sleep' OR (
+                (:queues IS NULL
+                 OR t.queue IN (SELECT value FROM json_each(:queues))
+                 OR (t.queue IS NULL AND :default_queue))
+            AND (:tags IS NULL OR t.tags = '[]'
+                 OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                            WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+        ORDER BY t.priority DESC, t.due_at, t.ordinal
+        LIMIT :limit)
+)
+UPDATE stent_tasks
+SET crash_count = crash_count + (state = 'running'),
+    state = 'running',
+    fence = fence + 1,
+    worker_id = :worker_id,
+    lease_expires_at = :lease_until,
+    started_at = coalesce(started_at, :now)
+WHERE ordinal IN (
+    SELECT ordinal FROM candidates ORDER BY priority DESC, due_at, ordinal LIMIT :limit)
+RETURNING *;
+
+-- start_executions --
+UPDATE stent_executions
+SET state = 'running',
+    started_at = :now,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending';
+
+-- load_steps --
+SELECT id, seq, step_name, kind, arg_digest, state, result, error
+FROM stent_tasks
+WHERE parent_id = :parent_id AND parent_attempt = :attempt
+ORDER BY seq;
+
+-- complete_task --
+UPDATE stent_tasks
+SET state = 'completed', result = :result, error = NULL, finished_at = :now,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running'
+RETURNING parent_id, execution_id;
+
+-- fail_task --
+UPDATE stent_tasks
+SET state = 'failed', error = :error, finished_at = :now,
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running'
+RETURNING parent_id, execution_id, step_name, queue, retries;
+
+-- wake_parent --
+-- A suspended parent becomes claimable; in the same transaction as the child's outcome, so
+-- the wake-up cannot be lost (see suspend_task for the other half).
+UPDATE stent_tasks SET state = 'pending' WHERE id = :parent_id AND state = 'waiting';
+
+-- finish_execution --
+UPDATE stent_executions
+SET state = :state,
+    result = :result,
+    error = :error,
+    finished_at = :now,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :execution_id
+  AND state NOT IN ('completed', 'failed', 'timed_out', 'cancelled');
+
+-- upsert_dead_letter --
+-- A task dead-lettered again keeps its place (ordinal) in the list, as a dict key would.
+INSERT INTO stent_dead_letters (
+    task_id, execution_id, step_name, queue, reason, error, created_at, retries)
+VALUES (:task_id, :execution_id, :step_name, :queue, :reason, :error, :now, :retries)
+ON CONFLICT (task_id) DO UPDATE SET
+    execution_id = excluded.execution_id,
+    step_name = excluded.step_name,
+    queue = excluded.queue,
+    reason = excluded.reason,
+    error = excluded.error,
+    created_at = excluded.created_at,
+    retries = excluded.retries;
+
+-- retry_task --
+UPDATE stent_tasks
+SET state = 'pending', error = :error, due_at = :due_at, attempt = attempt + 1,
+    retries = retries + 1, worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running'
+RETURNING execution_id, step_name, attempt;
+
+-- release_task --
+UPDATE stent_tasks
+SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- suspend_task --
+-- A child may have finished between the worker deciding to suspend and this write; looking
+-- at the children in the same statement is what makes the wake-up impossible to lose.
+UPDATE stent_tasks
+SET state = CASE WHEN EXISTS (
+            SELECT 1 FROM stent_tasks AS child
+            WHERE child.id IN (SELECT value FROM json_each(:awaited))
+              AND child.state IN ('completed', 'failed', 'cancelled'))
+        THEN 'pending' ELSE 'waiting' END,
+    worker_id = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running'
+RETURNING state, execution_id, step_name;
+
+-- append_progress --
+UPDATE stent_executions
+SET progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :execution_id;
+
+-- renew_lease --
+UPDATE stent_tasks
+SET lease_expires_at = :lease_until
+WHERE id = :id AND fence = :fence AND state = 'running' AND worker_id = :worker_id;
+
+-- get_outcomes --
+SELECT id, state, result, error FROM stent_tasks
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state IN ('completed', 'failed', 'cancelled');
+
+-- get_execution --
+SELECT * FROM stent_executions WHERE id = :id;
+
+-- list_executions --
+SELECT * FROM stent_executions
+WHERE :state IS NULL OR state = :state
+ORDER BY created_at DESC, ordinal DESC
+LIMIT :limit OFFSET :offset;
+
+-- get_task --
+SELECT * FROM stent_tasks WHERE id = :id;
+
+-- update_task --
+-- An operator override. Bumping the fence is what fences out any worker still holding it.
+UPDATE stent_tasks
+SET state = :state, worker_id = :worker_id, lease_expires_at = :lease_expires_at,
+    due_at = :due_at, priority = :priority, queue = :queue, tags = :tags,
+    retries = :retries, crash_count = :crash_count, fence = fence + 1
+WHERE id = :id
+RETURNING fence, parent_id;
+
+-- list_tasks_for_execution --
+SELECT * FROM stent_tasks WHERE execution_id = :execution_id ORDER BY ordinal;
+
+-- count_tasks --
+SELECT count(*) FROM stent_tasks
+WHERE (:queue IS NULL OR queue = :queue) AND (:state IS NULL OR state = :state);
+
+-- count_executions --
+SELECT count(*) FROM stent_executions WHERE :state IS NULL OR state = :state;
+
+-- queue_depth --
+SELECT count(*) FROM stent_tasks WHERE state = 'pending' AND queue IS :queue;
+
+-- cleanup_dead_letters_of_executions --
+DELETE FROM stent_dead_letters
+WHERE task_id IN (
+    SELECT t.id FROM stent_tasks AS t
+    WHERE t.execution_id IN (
+        SELECT id FROM stent_executions
+        WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled')
+          AND finished_at < :cutoff));
+
+-- cleanup_tasks --
+DELETE FROM stent_tasks
+WHERE execution_id IN (
+    SELECT id FROM stent_executions
+    WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled')
+      AND finished_at < :cutoff);
+
+-- cleanup_executions --
+DELETE FROM stent_executions
+WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled') AND finished_at < :cutoff;
+
+-- cleanup_dead_letters --
+DELETE FROM stent_dead_letters WHERE created_at < :cutoff;
+
+-- list_dead_letters --
+-- Newest first; equal times keep insertion order, like a stable sort.
+SELECT * FROM stent_dead_letters ORDER BY created_at DESC, ordinal LIMIT :limit;
+
+-- get_dead_letter --
+SELECT * FROM stent_dead_letters WHERE task_id = :task_id;
+
+-- discard_dead_letter --
+DELETE FROM stent_dead_letters WHERE task_id = :task_id RETURNING task_id;
+
+-- take_dead_letter_for_replay --
+-- Only a task that is still failed can be replayed; otherwise the entry stays.
+DELETE FROM stent_dead_letters
+WHERE task_id = :task_id
+  AND EXISTS (SELECT 1 FROM stent_tasks WHERE id = :task_id AND state = 'failed')
+RETURNING task_id;
+
+-- reset_task_for_replay --
+UPDATE stent_tasks
+SET state = 'pending',
+    attempt = attempt + 1,
+    retries = CASE WHEN :reset_retries THEN 0 ELSE retries END,
+    queue = CASE WHEN :set_queue THEN :queue ELSE queue END,
+    crash_count = 0,
+    due_at = :now,
+    error = NULL,
+    finished_at = NULL,
+    worker_id = NULL,
+    lease_expires_at = NULL,
+    fence = fence + 1
+WHERE id = :task_id
+RETURNING parent_id, execution_id;
+
+-- revive_ancestor --
+-- A caller that failed because of the replayed task resumes by replay at the same attempt.
+UPDATE stent_tasks
+SET state = 'waiting', error = NULL, finished_at = NULL, fence = fence + 1
+WHERE id = :id AND state = 'failed'
+RETURNING parent_id;
+
+-- revive_execution --
+UPDATE stent_executions
+SET state = 'running',
+    error = NULL,
+    finished_at = NULL,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :execution_id AND state = 'failed';
