@@ -43,7 +43,7 @@ class TaskContext:
         first = not self.awaiting
         self.awaiting[child_id] = self.awaiting.get(child_id, 0) + 1
         if first:
-            self.worker.task_started_waiting(self.task.id)
+            self.worker.task_started_waiting(self)
 
     def end_wait(self, child_id: str) -> None:
         """The wait on ``child_id`` is over; with none left the task takes a slot again."""
@@ -53,7 +53,7 @@ class TaskContext:
         else:
             self.awaiting[child_id] = n
         if not self.awaiting:
-            self.worker.task_stopped_waiting(self.task.id)
+            self.worker.task_stopped_waiting(self)
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("stent_task_context", default=None)

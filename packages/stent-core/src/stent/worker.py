@@ -20,6 +20,7 @@ from .waiting import sleep_or_event
 
 if TYPE_CHECKING:
     from .app import Stent
+    from .context import TaskContext
 
 log = logging.getLogger("stent.worker")
 
@@ -152,10 +153,10 @@ class Worker:
         self.reserved -= 1
         self._start(task)
 
-    def task_started_waiting(self, task_id: str) -> None:
+    def task_started_waiting(self, ctx: TaskContext) -> None:
         """A running task awaits steps: its slot is free for others."""
-        rt = self.running.get(task_id)
-        if rt is None or not rt.holds_slot:
+        rt = self.running.get(ctx.task.id)
+        if rt is None or rt.ctx is not ctx or not rt.holds_slot:
             return
         rt.holds_slot = False
         rt.waiting_since = self.executor.clock.monotonic()
@@ -165,11 +166,11 @@ class Worker:
             rt.stop("suspend")
         self.wake()
 
-    def task_stopped_waiting(self, task_id: str) -> None:
+    def task_stopped_waiting(self, ctx: TaskContext) -> None:
         """The task's awaited steps are done: it runs again (taking a slot, possibly over the
         limit for a moment; it gives it back at its next wait or when it finishes)."""
-        rt = self.running.get(task_id)
-        if rt is None or rt.holds_slot:
+        rt = self.running.get(ctx.task.id)
+        if rt is None or rt.ctx is not ctx or rt.holds_slot:
             return
         rt.holds_slot = True
         rt.waiting_since = None
@@ -185,6 +186,14 @@ class Worker:
         self.lifecycle.active_tasks = len(self.running)
 
     def _start(self, task: TaskRecord) -> None:
+        old = self.running.get(task.id)
+        if old is not None:
+            # This worker re-claimed a task whose lease it had lost while still running it
+            # (a stalled heartbeat). The old run's fence is stale: stop it, keep the new one.
+            old.stop("lease_lost")
+            if old.holds_slot:
+                old.holds_slot = False
+                self.active -= 1
         rt = RunningTask(task)
         self.running[task.id] = rt
         self.active += 1
@@ -203,7 +212,8 @@ class Worker:
         except Exception:
             log.exception("internal error while running task %s", rt.record.id)
         finally:
-            self.running.pop(rt.record.id, None)
+            if self.running.get(rt.record.id) is rt:
+                del self.running[rt.record.id]
             if rt.holds_slot:
                 self.active -= 1
             self._sync_lifecycle()
