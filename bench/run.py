@@ -5,14 +5,15 @@
 
 Each (workload, rep) runs in a fresh child process (``bench/run.py --child ...``) against a
 fresh SQLite file in its own temporary directory, so runs never share a database, a warm
-cache or an event loop. The parent collects one JSON line per child and prints a table
+cache or an event loop. Every child runs one untimed ``chain(-1, 1)`` before the clock
+starts (as the peers harness does). The parent collects one JSON line per child and prints a table
 with the median and the individual reps.
 
 Workloads (the same as /work/shared/bench-peers/workloads.py):
 
 * W1: 500 workflows ``chain(i, 3)``, dispatched up front, then waited in order; one
   in-process worker at ``max_concurrency=16``: workflows/s and steps/s (1,500 steps).
-* W2: ``chain(i, 1)``, dispatch to result, 50 in a row (3 untimed warm-ups): p50/p95 ms.
+* W2: ``chain(i, 1)``, dispatch to result, 50 in a row (3 more warm-ups): p50/p95 ms.
 * W3: one ``chain(0, 300)``: ms per step.
 * W4: one ``fanout(200)`` (``add1.map(range(200))`` then ``sum``): steps/s.
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,10 @@ async def child_main(workload: str, backend: str, profile: str | None) -> dict[s
     with tempfile.TemporaryDirectory(prefix="stent-bench-") as workdir:
         h = await start(backend, workdir)
         try:
-            if workload == "W2":  # untimed warm-up, as in the peers harness
+            # Untimed warm-ups, as in the peers harness: one chain(-1, 1) before every
+            # workload (connection, statement cache, lazy imports), three more for W2.
+            _expect(await h.run(chain, -1, 1), 0, "warm-up")
+            if workload == "W2":
                 for i in range(3):
                     _expect(await h.run(chain, i, 1), i + 1, "W2 warm-up")
             before = h.commits()
@@ -254,7 +258,7 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 from . import steps
 from .backend import Backend, NotificationBackend
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, hint_due
 from .context import ExecutionContext, require_task_context
 from .durable import DurableFunction, default_registry, durable
 from .durations import parse_duration, parse_optional_duration
@@ -316,6 +316,7 @@ class Stent:
             f"execution {execution_id} ended {outcome.state}")
 
     def _announce_work(self, due_at: datetime) -> None:
+        hint_due(self.clock, due_at)
         for w in self._workers:
             if due_at <= self.clock.now():
                 w.wake()

@@ -44,3 +44,24 @@ class SystemClock:
 def to_utc(value: datetime) -> datetime:
     """An aware UTC datetime; a naive one is read as local time (as ``astimezone`` does)."""
     return value.astimezone(UTC)
+
+
+async def poll_sleep(clock: Clock, seconds: float) -> None:
+    """Sleep for a poll: a wait that only exists to look again later.
+
+    A test clock may skip polls when it jumps ahead (it wakes them at the next time that
+    matters); the system clock just sleeps.
+    """
+    fn = getattr(clock, "poll_sleep", None)
+    if fn is not None:
+        await fn(seconds)
+    else:
+        await clock.sleep(seconds)
+
+
+def hint_due(clock: Clock, at: datetime) -> None:
+    """Tell a test clock that something becomes due at ``at`` (a timer, a retry, a lease
+    expiry), so that jumping ahead stops there. A no-op on the system clock."""
+    fn = getattr(clock, "hint", None)
+    if fn is not None:
+        fn(at)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .clock import poll_sleep
 from .records import TaskOutcome
 
 if TYPE_CHECKING:
@@ -112,7 +113,9 @@ class CompletionHub:
         self._poller = None
 
 
-async def _sleep_or_event(executor: Stent, seconds: float, event: asyncio.Event) -> bool:
+async def _sleep_or_event(
+    executor: Stent, seconds: float, event: asyncio.Event, *, poll: bool = True
+) -> bool:
     """Sleep on the executor's clock until ``seconds`` pass or ``event`` is set.
 
     Returns:
@@ -120,7 +123,9 @@ async def _sleep_or_event(executor: Stent, seconds: float, event: asyncio.Event)
     """
     if event.is_set():
         return True
-    sleeper = asyncio.ensure_future(executor.clock.sleep(seconds))
+    sleeper = asyncio.ensure_future(
+        poll_sleep(executor.clock, seconds) if poll else executor.clock.sleep(seconds)
+    )
     waiter = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)

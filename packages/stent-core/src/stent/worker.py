@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from . import faults
+from .clock import hint_due, poll_sleep
 from .durations import parse_duration
 from .lifecycle import WorkerLifecycle
 from .names import check_queue, check_tags
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from .context import TaskContext
 
 log = logging.getLogger("stent.worker")
+
+#: a lease is lost strictly after its expiry time
+_TICK = timedelta(microseconds=1)
 
 
 class Worker:
@@ -141,7 +145,9 @@ class Worker:
         if self.tags and new.tags and not set(new.tags) & set(self.tags):
             return None
         self.reserved += 1
-        return Lease(self.worker_id, self.executor.clock.now() + self.lease)
+        until = self.executor.clock.now() + self.lease
+        hint_due(self.executor.clock, until + _TICK)
+        return Lease(self.worker_id, until)
 
     def release_reserved_slot(self) -> None:
         """Give back a reservation that was not used."""
@@ -178,6 +184,7 @@ class Worker:
 
     def timer_scheduled(self, due_at: datetime) -> None:
         """A timer or retry is due at ``due_at``: wake the claim loop then."""
+        hint_due(self.executor.clock, due_at)
         if self._next_timer is None or due_at < self._next_timer:
             self._next_timer = due_at
             self.wake()
@@ -244,6 +251,8 @@ class Worker:
                     interval = min(5.0, interval * 2)
                     continue
                 self._storage_ok()
+                if tasks:
+                    hint_due(ex.clock, now + self.lease + _TICK)
                 for t in tasks:
                     self._start(t)
                 if tasks:
@@ -252,10 +261,12 @@ class Worker:
                         await asyncio.sleep(0)
                         continue
             timeout = interval
+            is_poll = True
             if self._next_timer is not None:
                 until = (self._next_timer - ex.clock.now()).total_seconds()
-                timeout = max(0.0, min(timeout, until))
-            woke = await sleep_or_event(ex, timeout, self._wake)
+                if until <= timeout:
+                    timeout, is_poll = max(0.0, until), False
+            woke = await sleep_or_event(ex, timeout, self._wake, poll=is_poll)
             if not woke:
                 interval = min(self.poll_interval_max, interval * self.poll_backoff)
 
@@ -265,7 +276,10 @@ class Worker:
         tick = min(self.heartbeat_s, max(self.suspend_after / 2, 0.01))
         last_beat = ex.clock.monotonic()
         while True:
-            await ex.clock.sleep(tick)
+            if self.running:
+                await ex.clock.sleep(tick)
+            else:  # nothing to renew or suspend: only a look-again
+                await poll_sleep(ex.clock, tick)
             mono = ex.clock.monotonic()
             if mono - last_beat >= self.heartbeat_s * 0.999 or tick == self.heartbeat_s:
                 last_beat = mono
@@ -298,6 +312,7 @@ class Worker:
             ex.metric("lease_renewed", task_id=tid, success=ok)
             if ok:
                 rt.record.lease_expires_at = until
+                hint_due(ex.clock, until + _TICK)
             elif any(tid == h for h, _ in held):
                 log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
                             rt.record.fence,

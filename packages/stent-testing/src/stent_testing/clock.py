@@ -14,10 +14,16 @@ class FakeClock:
     """A clock that moves only when told to (or, with ``auto_advance``, when nothing else
     happens).
 
+    The engine marks its sleeps: a *poll* only looks again later, every other sleep (a
+    heartbeat, a timer a worker knows about) matters; and it *hints* every time something
+    becomes due in storage (timers, retries, delayed dispatches, lease expiries). When the
+    clock jumps ahead it stops at each sleep that matters and each hinted time, waking polls
+    only there, so a 30-day sleep costs a handful of wake-ups rather than millions of polls.
+
     Args:
         start: the initial time (aware; default 2030-01-01 UTC).
-        auto_advance: jump to the next due sleeper whenever the program has gone quiet (no
-            clock reads or sleeps for ``quiet_period`` seconds of real time).
+        auto_advance: jump to the next due time whenever the program has gone quiet (no clock
+            reads or sleeps for ``quiet_period`` seconds of real time).
         quiet_period: real seconds of quiet before an automatic jump.
     """
 
@@ -27,7 +33,9 @@ class FakeClock:
     ) -> None:
         self._start = (start or datetime(2030, 1, 1, tzinfo=UTC)).astimezone(UTC)
         self._elapsed = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        #: (due, seq, is_poll, future)
+        self._sleepers: list[tuple[float, int, bool, asyncio.Future[None]]] = []
+        self._hints: list[float] = []
         self._seq = itertools.count()
         self._activity = 0
         self._driver: asyncio.Task[None] | None = None
@@ -45,12 +53,25 @@ class FakeClock:
         return self._elapsed
 
     async def sleep(self, seconds: float) -> None:
+        await self._sleep(seconds, poll=False)
+
+    async def poll_sleep(self, seconds: float) -> None:
+        """A sleep that only looks again later; jumps may wake it late."""
+        await self._sleep(seconds, poll=True)
+
+    def hint(self, at: datetime) -> None:
+        """Something becomes due at ``at``: a jump ahead stops there."""
+        due = (at.astimezone(UTC) - self._start).total_seconds()
+        if due > self._elapsed:
+            heapq.heappush(self._hints, due)
+
+    async def _sleep(self, seconds: float, *, poll: bool) -> None:
         self._activity += 1
         if seconds <= 0:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._seq), fut))
+        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._seq), poll, fut))
         self._ensure_driver()
         await fut
 
@@ -70,38 +91,52 @@ class FakeClock:
                 return
             self._ensure_driver()
 
-    def next_due(self) -> float | None:
-        """Seconds from now to the earliest pending sleeper, or None."""
+    def _prune(self) -> None:
+        self._sleepers = [s for s in self._sleepers if not s[3].done()]
+        heapq.heapify(self._sleepers)
+        while self._hints and self._hints[0] <= self._elapsed:
+            heapq.heappop(self._hints)
+
+    def _next_stop(self, *, include_polls: bool) -> float | None:
+        """The next time that matters: a non-poll sleeper or a hint (or a poll, if asked)."""
         self._prune()
-        if not self._sleepers:
-            return None
-        return max(0.0, self._sleepers[0][0] - self._elapsed)
+        candidates = [due for due, _, poll, _ in self._sleepers if include_polls or not poll]
+        if self._hints:
+            candidates.append(self._hints[0])
+        return min(candidates) if candidates else None
+
+    def next_due(self) -> float | None:
+        """Seconds from now to the next time that matters, or None."""
+        stop = self._next_stop(include_polls=False)
+        return None if stop is None else max(0.0, stop - self._elapsed)
 
     async def advance(self, duration: object) -> None:
-        """Move time forward by ``duration``, waking every sleeper due in that span in order
-        and letting each one's consequences run before moving on."""
+        """Move time forward by ``duration``, stopping at every time that matters in that span
+        in order and letting its consequences run before moving on."""
         target = self._elapsed + parse_duration(duration).total_seconds()
         await self._settle()
         while True:
-            self._prune()
-            if not self._sleepers or self._sleepers[0][0] > target:
+            stop = self._next_stop(include_polls=False)
+            if stop is None or stop > target:
                 break
-            due = self._sleepers[0][0]
-            self._elapsed = max(self._elapsed, due)
-            self._wake_due()
+            self._jump_to(stop)
             await self._settle()
-        self._elapsed = max(self._elapsed, target)
+        self._jump_to(target)
         await self._settle()
 
-    def _prune(self) -> None:
-        while self._sleepers and self._sleepers[0][2].done():
-            heapq.heappop(self._sleepers)
-
-    def _wake_due(self) -> None:
-        while self._sleepers and self._sleepers[0][0] <= self._elapsed:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
+    def _jump_to(self, when: float) -> None:
+        self._elapsed = max(self._elapsed, when)
+        while self._hints and self._hints[0] <= self._elapsed:
+            heapq.heappop(self._hints)
+        keep = []
+        for entry in self._sleepers:
+            if entry[0] <= self._elapsed:
+                if not entry[3].done():
+                    entry[3].set_result(None)
+            else:
+                keep.append(entry)
+        heapq.heapify(keep)
+        self._sleepers = keep
 
     async def _settle(self) -> None:
         """Let woken code run until the program goes quiet."""
@@ -121,24 +156,25 @@ class FakeClock:
 
     async def _drive(self) -> None:
         """The auto-advance loop: when nothing has touched the clock for a quiet period and
-        someone sleeps, jump to the earliest sleeper's due time."""
+        someone sleeps, jump to the next time that matters (or the next poll if nothing
+        else is pending)."""
         while self._auto:
             before = self._activity
             await asyncio.sleep(self.quiet_period)
             if self._activity != before:
                 continue
-            self._prune()
-            if not self._sleepers:
-                continue
-            self._elapsed = max(self._elapsed, self._sleepers[0][0])
-            self._wake_due()
+            stop = self._next_stop(include_polls=False)
+            if stop is None:
+                stop = self._next_stop(include_polls=True)
+            if stop is not None:
+                self._jump_to(stop)
 
     def stop(self) -> None:
         """Stop auto-advancing and release every sleeper (used at test teardown)."""
         self._auto = False
         if self._driver is not None:
             self._driver.cancel()
-        for _, _, fut in self._sleepers:
-            if not fut.done():
-                fut.cancel()
+        for entry in self._sleepers:
+            if not entry[3].done():
+                entry[3].cancel()
         self._sleepers.clear()
