@@ -24,6 +24,6 @@ async def stop_worker(executor: Stent, task: asyncio.Task[None]) -> None:
     task.cancel()
     try:
         await asyncio.wait_for(task, 10)
-    except BaseException:  # noqa: S110 - cancelled or crashed: either way it is stopped
+    except BaseException:
         pass
     await executor.shutdown()

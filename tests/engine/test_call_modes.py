@@ -6,7 +6,6 @@ import inspect
 from collections import Counter
 
 import pytest
-
 from stent import DurableFunction, Result, Stent
 
 runs: Counter[str] = Counter()

@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-
 from stent import Result, Stent
 from stent.backend import Backend
 from stent_testing import FakeClock
@@ -50,7 +49,7 @@ async def test_completion_from_a_worker_whose_lease_expired_changes_nothing(
     eid = await stale.dispatch(checkout, 7)
     await clock.advance(0)
     assert runs["slow_charge"] == 1
-    [root, child] = await stent_backend.list_tasks_for_execution(eid)
+    [_root, child] = await stent_backend.list_tasks_for_execution(eid)
     assert (child.state, child.fence, child.worker_id) == ("running", 1, a_id := child.worker_id)
 
     await clock.advance(11)  # both leases expire; worker B takes the tasks over

@@ -7,7 +7,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-
 from stent import Result, RetryPolicy, Stent
 from stent.backend import Backend
 from stent_testing import FakeClock

@@ -9,15 +9,16 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, overload
 
 from . import steps
 from .backend import Backend, NotificationBackend
 from .clock import Clock, SystemClock, hint_due
 from .context import ExecutionContext, require_task_context
-from .durable import DurableFunction, default_registry, durable
+from .durable import DurableFunction, default_registry
+from .durable import durable as _durable
 from .durations import parse_duration, parse_optional_duration
 from .errors import (
     ExecutionNotFinished,
@@ -45,6 +46,8 @@ from .worker import Worker
 
 log = logging.getLogger("stent")
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _LazyNamespace:
@@ -91,7 +94,23 @@ class Stent:
     """
 
     default_registry: ClassVar[FunctionRegistry] = default_registry
-    durable = staticmethod(durable)
+    if TYPE_CHECKING:
+
+        @overload
+        @staticmethod
+        def durable(fn: Callable[P, Coroutine[Any, Any, R]], /) -> DurableFunction[P, R]: ...
+
+        @overload
+        @staticmethod
+        def durable(
+            fn: None = None, /, **options: Any
+        ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], DurableFunction[P, R]]: ...
+
+        @staticmethod
+        def durable(fn: Any = None, /, **options: Any) -> Any: ...
+
+    else:
+        durable = staticmethod(_durable)
     backends: ClassVar[_LazyNamespace] = _LazyNamespace({
         "SQLiteBackend": ("stent_postgres", "SQLiteBackend", "stent-postgres"),
         "PostgresBackend": ("stent_postgres", "PostgresBackend", "stent-postgres"),
@@ -178,8 +197,9 @@ class Stent:
         cls, backend: Backend, *, serve: bool = False, **serve_kw: Any
     ) -> AsyncIterator[Stent]:
         """``init_db``, ``use``, optionally ``serve`` (waiting until the worker is ready), and
-        tear it all down on exit. Executor options may be passed in ``serve_kw`` under the
-        key ``executor`` (a dict)."""
+        tear it all down on exit: stop the worker, clear the default executor, close the
+        backend. Executor options may be passed in ``serve_kw`` under the key ``executor``
+        (a dict)."""
         executor_kw = serve_kw.pop("executor", {})
         await backend.init_db()
         executor = cls.use(backend, **executor_kw)
@@ -201,6 +221,7 @@ class Stent:
             await executor.shutdown()
             if cls._default is executor:
                 cls.reset()
+            await backend.close()
 
     # -- dispatch -------------------------------------------------------------------------------
     def _resolve_fn(self, fn: Any) -> DurableFunction[..., Any]:
@@ -362,9 +383,11 @@ class Stent:
             if limit is None:
                 outcome = await fut
             else:
-                timer = asyncio.ensure_future(self.clock.sleep(limit.total_seconds()))
+                timer: asyncio.Future[Any] = asyncio.ensure_future(
+                    self.clock.sleep(limit.total_seconds()))
+                pending: list[asyncio.Future[Any]] = [fut, timer]
                 try:
-                    await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     timer.cancel()
                 if not fut.done():

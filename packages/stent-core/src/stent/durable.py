@@ -112,7 +112,7 @@ class DurableFunction(Generic[P, R]):
 
             executor = Stent.current()
             if executor is not None:
-                return executor.call_and_wait(_builtin_map(), (self.name, calls), {})  # type: ignore[return-value]
+                return executor.call_and_wait(_builtin_map(), (self.name, calls), {})
         return _gather([self(*a, **k) for a, k in calls])
 
     @property

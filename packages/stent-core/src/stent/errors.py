@@ -43,11 +43,11 @@ class NonDeterminismError(StentError):
     """A replayed step does not match the call recorded at its step key."""
 
 
-class ExecutionNotFound(StentError, LookupError):  # noqa: N818 - public name from the spec
+class ExecutionNotFound(StentError, LookupError):
     """No execution has this id."""
 
 
-class ExecutionNotFinished(StentError):  # noqa: N818 - public name from the spec
+class ExecutionNotFinished(StentError):
     """The execution has not reached a terminal state yet."""
 
 
@@ -71,7 +71,7 @@ class SignalTimeoutError(StentError, TimeoutError):
     """``wait_for_signal(..., timeout=...)`` ran out of time."""
 
 
-class NotInExecutionContext(StentError, RuntimeError):  # noqa: N818 - public name from the spec
+class NotInExecutionContext(StentError, RuntimeError):
     """A task-only helper was called outside a running task."""
 
 

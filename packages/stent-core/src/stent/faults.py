@@ -20,7 +20,7 @@ POINTS = (
 )
 
 
-class WorkerCrash(BaseException):  # noqa: N818 - it is not an error to handle, it is a death
+class WorkerCrash(BaseException):
     """Raised by a fault plan to kill a worker at a fault point (tests only).
 
     It derives from ``BaseException`` so that user code's ``except Exception`` cannot swallow

@@ -25,12 +25,12 @@ class Result(Generic[T]):
     error: BaseException | None = None
 
     @classmethod
-    def Ok(cls, value: T = None) -> Result[T]:  # type: ignore[assignment]  # noqa: N802 - public name
+    def Ok(cls, value: T = None) -> Result[T]:  # type: ignore[assignment]
         """A successful result holding ``value``."""
         return cls(True, value, None)
 
     @classmethod
-    def Error(cls, error: BaseException) -> Result[Any]:  # noqa: N802 - public name
+    def Error(cls, error: BaseException) -> Result[Any]:
         """A failed result holding ``error``."""
         return cls(False, None, error)
 

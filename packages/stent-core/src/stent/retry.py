@@ -82,7 +82,7 @@ class RetryPolicy:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
         base = min(self.max_delay, self.initial_delay * self.backoff_factor ** (attempt - 1))
         if self.jitter:
-            r = (rng or random).uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+            r = (rng or random).uniform(-self.jitter, self.jitter)
             base = base * (1 + r)
         return max(0.0, min(self.max_delay, base))
 

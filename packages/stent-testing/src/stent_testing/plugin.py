@@ -12,10 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-
 import pytest
 import pytest_asyncio
-
 from stent import Stent
 from stent.backend import Backend
 
