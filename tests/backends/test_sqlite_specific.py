@@ -288,9 +288,29 @@ async def test_lock_held_past_busy_timeout_is_a_backend_error(tmp_path: Path) ->
     await b.close()
 
 
-def test_aiosqlite_still_offers_the_thread_hop_we_use() -> None:
-    # _sqlite_db runs whole batches on aiosqlite's thread through Connection._execute.
-    assert callable(getattr(aiosqlite.Connection, "_execute", None))
+async def test_aiosqlite_internals_we_rely_on_are_still_there(tmp_path: Path) -> None:
+    # _sqlite_db runs whole batches on aiosqlite's thread through Connection._execute, and
+    # makes that thread a daemon so that a backend never closed cannot block exit.
+    conn = aiosqlite.connect(tmp_path / "x.db")
+    assert not conn._thread.is_alive()
+    conn._thread.daemon = True
+    await conn
+    assert await conn._execute(lambda: 42) == 42
+    await conn.close()
+
+
+NEVER_CLOSED = """
+import asyncio, sys
+from stent_postgres import SQLiteBackend
+backend = SQLiteBackend(sys.argv[1])  # kept until exit, like one given to Stent.use
+asyncio.run(backend.init_db())
+"""
+
+
+def test_process_exits_with_a_backend_never_closed(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", NEVER_CLOSED, str(tmp_path / "n.db")],
+                          timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # -- times -------------------------------------------------------------------------------------

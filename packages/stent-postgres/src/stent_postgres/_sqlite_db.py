@@ -171,11 +171,17 @@ class SQLiteDatabase:
         return self._conn
 
     async def _open(self) -> aiosqlite.Connection:
+        conn = aiosqlite.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout,
+            cached_statements=256, uri=self.path.startswith("file:"),
+        )
+        # aiosqlite's thread is not a daemon, so a backend never closed (one handed to
+        # Stent.use lives as long as the process) would keep the interpreter from exiting.
+        # Nothing is lost by not saying goodbye: every committed transaction is in the file
+        # already, and SQLite recovers from an abandoned connection as from a crash.
+        conn._thread.daemon = True
         try:
-            conn = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self.busy_timeout,
-                cached_statements=256, uri=self.path.startswith("file:"),
-            )
+            await conn
         except sqlite3.Error as exc:
             raise backend_error(exc) from exc
         try:
