@@ -253,8 +253,22 @@ def run_child(workload: str, backend: str, profile: str | None) -> dict[str, Any
     return dict(json.loads(lines[-1]))
 
 
+def git_revision() -> str:
+    """The workspace commit, with ``+dirty`` when packages/ has uncommitted changes."""
+    root = HERE.parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "packages"], cwd=root,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     return {
+        "commit": git_revision(),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -317,7 +331,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown workload(s) {unknown}; known: {list(WORKLOADS)}")
     info = machine()
-    print(f"# Stent bench: backend={args.backend} reps={args.reps} "
+    print(f"# Stent bench: backend={args.backend} reps={args.reps} commit={info['commit']} "
           f"nproc={info['nproc']} python={info['python']} {info['date']}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
     for w in workloads:

@@ -163,3 +163,20 @@ async def test_bootstrap_serves_until_the_block_ends(stent_backend: Backend) -> 
         assert Stent.current() is ex
         assert await middle(1) == 3
     assert Stent.current() is None
+
+
+async def test_workers_clean_up_finished_executions_after_the_retention_period(
+    stent_backend: Backend,
+) -> None:
+    clock = FakeClock()
+    ex = Stent(stent_backend, clock=clock)
+    w = await start_worker(ex, cleanup_interval=3600, retention_period=timedelta(days=1))
+    eid = await ex.dispatch(middle, 1)
+    await clock.advance(1)
+    assert (await ex.state_of(eid)).state == "completed"
+    await clock.advance(timedelta(hours=23))
+    assert await stent_backend.count_executions() == 1, "cleaned up before the retention period"
+    await clock.advance(timedelta(hours=2))
+    assert await stent_backend.count_executions() == 0
+    assert await stent_backend.count_tasks() == 0
+    await stop_worker(ex, w)

@@ -473,12 +473,7 @@ class Stent:
     # -- workers ------------------------------------------------------------------------------------
     async def serve(self, **kwargs: Any) -> None:
         """Run a worker until cancelled or drained. See SPEC §7 for the options."""
-        retention = kwargs.pop("retention_period", timedelta(days=7))
-        cleanup_interval = kwargs.pop("cleanup_interval", 3600.0)
         health_port = kwargs.pop("health_port", None)
-        parse_duration(retention)
-        if not isinstance(cleanup_interval, int | float) or cleanup_interval <= 0:
-            raise ValueError(f"invalid cleanup_interval {cleanup_interval!r}: expected seconds > 0")
         if health_port is not None:
             raise NotImplementedError("serve(health_port=...) is not available in this version")
         worker = Worker(self, **kwargs)

@@ -172,7 +172,8 @@ class TaskRunner:
         ok = await self._write(rt, lambda now: ex.backend.complete_task(task.id, task.fence,
                                                                          result, now))
         if ok:
-            self._finished(TaskOutcome(task.id, "completed", result, None), task.step_name)
+            self._finished(TaskOutcome(task.id, "completed", result, None), task.step_name,
+                           task.parent_id)
 
     async def _fail(self, rt: RunningTask, exc: BaseException) -> None:
         task = rt.record
@@ -220,7 +221,8 @@ class TaskRunner:
                           kind=task.kind, reason=reason)
                 log.warning("task %s (%s) dead-lettered: %s", task.id, task.step_name, reason,
                             extra={"execution_id": task.execution_id, "task_id": task.id})
-            self._finished(TaskOutcome(task.id, "failed", None, error), task.step_name)
+            self._finished(TaskOutcome(task.id, "failed", None, error), task.step_name,
+                           task.parent_id)
 
     async def _suspend(self, rt: RunningTask) -> None:
         task = rt.record
@@ -237,12 +239,14 @@ class TaskRunner:
         except Exception as exc:  # the lease will expire and another worker takes over
             log.warning("could not release task %s: %s", task.id, exc)
 
-    def _finished(self, outcome: TaskOutcome, step: str) -> None:
+    def _finished(self, outcome: TaskOutcome, step: str, parent_id: str | None) -> None:
         if faults.plan is not None:
             faults.plan_hit_sync("after_step_recorded", task_id=outcome.task_id, step=step)
         self.executor.hub.resolve(outcome)
         self.executor.publish("done", outcome.task_id)
-        self.worker.wake()
+        if parent_id is not None and parent_id not in self.worker.running:
+            # The parent is not waiting here in memory: storage made it claimable.
+            self.worker.wake()
 
     async def _write(self, rt: RunningTask, op: Any) -> bool:
         """Run a fenced write, retrying through storage outages until the lease runs out."""

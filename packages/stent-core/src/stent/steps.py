@@ -172,6 +172,8 @@ async def _run_step(
             ctx.worker.run_reserved(task)
         elif lease is not None:
             ctx.worker.release_reserved_slot()
+        elif created:
+            ctx.worker.wake()  # a pending step for the claim loop (no local slot was free)
         if not created:
             rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                              task.state, task.result, task.error)

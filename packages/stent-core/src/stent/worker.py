@@ -52,6 +52,8 @@ class Worker:
         lifecycle: WorkerLifecycle | None = None,
         suspend_after: float = 60.0,
         drain_grace_period: float = 30.0,
+        cleanup_interval: object = 3600.0,
+        retention_period: object = timedelta(days=7),
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"invalid max_concurrency {max_concurrency!r}: expected an int >= 1")
@@ -80,6 +82,10 @@ class Worker:
         self.poll_backoff = float(poll_backoff_factor or 2.0)
         self.suspend_after = float(suspend_after)
         self.drain_grace = float(drain_grace_period)
+        self.cleanup_interval = parse_duration(cleanup_interval).total_seconds()
+        if self.cleanup_interval <= 0:
+            raise ValueError(f"invalid cleanup_interval {cleanup_interval!r}: must be positive")
+        self.retention = parse_duration(retention_period)
         self.lifecycle = lifecycle or WorkerLifecycle()
         self.lifecycle.worker_id = self.worker_id
         self.runner = TaskRunner(self)
@@ -87,6 +93,9 @@ class Worker:
         self.active = 0
         self.reserved = 0
         self._wake = asyncio.Event()
+        # Whether claimable work may be waiting in storage. A freed slot only wakes the
+        # claim loop when it is set: otherwise an empty claim (a write transaction) is wasted.
+        self._backlog = True
         self._next_timer: datetime | None = None
         self._stopping = False
         self._crashed = False
@@ -100,7 +109,13 @@ class Worker:
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
+        self._backlog = True
         self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """A slot came free: claim again only if the last claim may have left work behind."""
+        if self._backlog:
+            self._wake.set()
 
     async def run(self) -> None:
         """Serve until drained or cancelled."""
@@ -109,6 +124,7 @@ class Worker:
         lc.drain_event()
         ex.register_worker(self)
         housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
+        cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop())
         try:
             if not lc.draining:
                 lc.state = "ready"
@@ -119,6 +135,7 @@ class Worker:
         finally:
             self._stopping = True
             housekeeping.cancel()
+            cleanup.cancel()
             await self._stop_all("crash" if self._crashed else "shutdown")
             lc.state = "stopped"
             lc.active_tasks = 0
@@ -152,7 +169,7 @@ class Worker:
     def release_reserved_slot(self) -> None:
         """Give back a reservation that was not used."""
         self.reserved -= 1
-        self.wake()
+        self._slot_freed()
 
     def run_reserved(self, task: TaskRecord) -> None:
         """Run a step created with this worker's lease."""
@@ -170,7 +187,7 @@ class Worker:
         self._sync_lifecycle()
         if self.lifecycle.draining:
             rt.stop("suspend")
-        self.wake()
+        self._slot_freed()
 
     def task_stopped_waiting(self, ctx: TaskContext) -> None:
         """The task's awaited steps are done: it runs again (taking a slot, possibly over the
@@ -224,7 +241,7 @@ class Worker:
             if rt.holds_slot:
                 self.active -= 1
             self._sync_lifecycle()
-            self.wake()
+            self._slot_freed()
 
     # -- the claim loop -------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -251,6 +268,8 @@ class Worker:
                     interval = min(5.0, interval * 2)
                     continue
                 self._storage_ok()
+                # Fewer than asked: nothing else was claimable at this instant.
+                self._backlog = len(tasks) == free
                 if tasks:
                     hint_due(ex.clock, now + self.lease + _TICK)
                 for t in tasks:
@@ -289,6 +308,24 @@ class Worker:
                     log.info("suspending task %s after waiting %.0fs", rt.record.id,
                              mono - rt.waiting_since)
                     rt.stop("suspend")
+
+    async def _cleanup_loop(self) -> None:
+        """Retention: delete finished executions (with their rows) and dead letters older
+        than ``retention_period``, every ``cleanup_interval``. Deletes are idempotent, so two
+        workers cleaning at once only repeat each other's work."""
+        ex = self.executor
+        while True:
+            await poll_sleep(ex.clock, self.cleanup_interval)
+            cutoff = ex.clock.now() - self.retention
+            try:
+                n = await ex.backend.cleanup_executions(cutoff)
+                d = await ex.backend.cleanup_dead_letters(cutoff)
+            except Exception as exc:
+                self.storage_trouble(exc)
+                continue
+            if n or d:
+                log.info("cleanup removed %d executions and %d dead letters older than %s",
+                         n, d, cutoff.isoformat())
 
     async def _heartbeat(self) -> None:
         ex = self.executor
