@@ -10,15 +10,6 @@ from stent.backend import Backend
 from stent_testing.conformance import BackendConformance
 from stent_testing.memory import InMemoryBackend
 
-# No backend enforces ``max_concurrent`` in ``claim`` yet (SPEC 2: a cluster-wide cap,
-# enforced atomically; ARCHITECTURE: caps are part of the claim statement).
-MAX_CONCURRENT_GAP = "claim() ignores max_concurrent"
-MAX_CONCURRENT_TESTS = (
-    "test_claim_respects_max_concurrent",
-    "test_max_concurrent_counts_tasks_already_running",
-    "test_max_concurrent_does_not_hold_back_other_functions",
-)
-
 
 class TestInMemoryConformance(BackendConformance):
     """The reference backend."""
@@ -35,8 +26,6 @@ class TestInMemoryConformance(BackendConformance):
 class TestSQLiteConformance(BackendConformance):
     """SQLite on a file (WAL)."""
 
-    expected_failures = dict.fromkeys(MAX_CONCURRENT_TESTS, f"SQLiteBackend.{MAX_CONCURRENT_GAP}")
-
     @pytest.fixture
     async def backend(self, tmp_path: Path) -> AsyncIterator[Backend]:
         from stent_postgres import SQLiteBackend
@@ -49,8 +38,6 @@ class TestSQLiteConformance(BackendConformance):
 
 class TestSQLiteInMemoryConformance(BackendConformance):
     """SQLite on ``:memory:``."""
-
-    expected_failures = dict.fromkeys(MAX_CONCURRENT_TESTS, f"SQLiteBackend.{MAX_CONCURRENT_GAP}")
 
     @pytest.fixture
     async def backend(self) -> AsyncIterator[Backend]:

@@ -195,11 +195,11 @@ def test_claim_uses_the_partial_indexes(tmp_path: Path) -> None:
     for migration in load_migrations("sqlite"):
         for statement in split_sqlite_statements(migration.sql):
             db.execute(statement)
-    params = {"now": 0.0, "limit": 5, "names": "[]", "queues": None, "default_queue": 0,
-              "tags": None, "worker_id": "w", "lease_until": 1.0}
-    plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + Q["claim"], params))
-    assert "stent_tasks_pending" in plan
-    assert "stent_tasks_leased" in plan
+    params = {"now": 0.0, "names": "[]", "queues": None, "default_queue": 0, "tags": None}
+    plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + Q["claim_candidates"], params)]
+    assert "MERGE (UNION ALL)" in plan  # read lazily: no sort of every pending task
+    assert "SCAN t USING INDEX stent_tasks_pending" in plan
+    assert "SEARCH t USING INDEX stent_tasks_leased (lease_expires_at<?)" in plan
 
 
 # -- group commit -------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ async def test_aiosqlite_internals_we_rely_on_are_still_there(tmp_path: Path) ->
     assert not conn._thread.is_alive()
     conn._thread.daemon = True
     await conn
-    assert await conn._execute(lambda: 42) == 42
+    assert await conn._execute(lambda: 42) == 42  # type: ignore[no-untyped-call]
     await conn.close()
 
 
@@ -396,7 +396,8 @@ def _random_operation(
     if op == "dispatch":
         key = rng.choice([None, None, "k1", "k2"])
         new = new_execution(queue=queue, tags=tags, priority=rng.randint(0, 2),
-                            idempotency_key=key, due_at=now + timedelta(seconds=rng.randint(-2, 3)))
+                            idempotency_key=key, due_at=now + timedelta(seconds=rng.randint(-2, 3)),
+                            max_concurrent=rng.choice([None, None, 1, 2]))
         return "create_execution", (new, now), {}
     if op == "claim":
         flt = claim_filter(queues=rng.choice([None, [None], ["q1"], [None, "q1"]]),
@@ -406,12 +407,13 @@ def _random_operation(
     if op == "step":
         kind = rng.choice(["function", "function", "sleep", "value"])
         attempt = held.attempt if held is not None else 1
-        new = new_task(parent_id=pick, parent_attempt=rng.choice([attempt, attempt, 2]),
-                       seq=rng.randint(0, 3), kind=kind, queue=queue, tags=tags, due_at=now,
-                       state="completed" if kind == "value" else "pending",
-                       result=b"v" if kind == "value" else None)
+        step = new_task(parent_id=pick, parent_attempt=rng.choice([attempt, attempt, 2]),
+                        seq=rng.randint(0, 3), kind=kind, queue=queue, tags=tags, due_at=now,
+                        state="completed" if kind == "value" else "pending",
+                        result=b"v" if kind == "value" else None,
+                        max_concurrent=rng.choice([None, None, 1]))
         lease = rng.choice([None, Lease("w1", now + timedelta(seconds=5))])
-        return "create_step", (pick, fence, new, now, lease), {}
+        return "create_step", (pick, fence, step, now, lease), {}
     if op in ("replay", "discard") and dead and rng.random() < 0.8:
         pick = rng.choice(dead)
     if op == "replay":

@@ -10,7 +10,12 @@ import sqlite3
 from datetime import datetime
 
 from stent.errors import BackendError
-from stent.records import DeadLetterRecord, ExecutionRecord, TaskRecord
+from stent.records import (
+    TERMINAL_TASK_STATES,
+    DeadLetterRecord,
+    ExecutionRecord,
+    TaskRecord,
+)
 
 from ._sqlite_ops import Q
 from ._sqlite_rows import (
@@ -64,8 +69,11 @@ def update_task(db: sqlite3.Connection, task: TaskRecord) -> int:
     }).fetchone()
     if row is None:
         raise BackendError(f"no task with id {task.id!r}")
-    if task.state == "pending" and row["parent_id"] is not None:
-        # Made claimable again: a parent suspended on it is woken like on a completion.
+    if row["parent_id"] is not None and (
+        task.state == "pending" or task.state in TERMINAL_TASK_STATES
+    ):
+        # Made claimable again, or finished by hand: a parent suspended on it is woken, as
+        # by a completion, so that it looks again.
         db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
     return int(row["fence"])
 

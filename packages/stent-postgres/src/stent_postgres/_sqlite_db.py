@@ -21,6 +21,7 @@ whose caller was cancelled before its batch started is dropped, never run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -36,6 +37,7 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
 
 _MIGRATIONS = load_migrations("sqlite")
+_log = logging.getLogger("stent.sqlite")
 
 
 def backend_error(exc: sqlite3.Error) -> BackendError:
@@ -171,6 +173,8 @@ class SQLiteDatabase:
         return self._conn
 
     async def _open(self) -> aiosqlite.Connection:
+        # timeout= is SQLite's busy timeout (what PRAGMA busy_timeout sets): how long a
+        # statement waits for another connection's lock before failing with "locked".
         conn = aiosqlite.connect(
             self.path, isolation_level=None, timeout=self.busy_timeout,
             cached_statements=256, uri=self.path.startswith("file:"),
@@ -186,18 +190,37 @@ class SQLiteDatabase:
             raise backend_error(exc) from exc
         try:
             conn.row_factory = sqlite3.Row
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not self.in_memory:
-                # WAL: readers never block the writer, and a commit appends to the log
-                # instead of rewriting pages. With synchronous=NORMAL a commit is not
-                # fsynced (a power cut may lose the last commits, never corrupt the file;
-                # a process crash loses nothing).
-                await conn.execute("PRAGMA journal_mode = WAL")
+                await self._use_wal(conn)
             await conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             await conn.close()
             raise backend_error(exc) from exc
         return conn
+
+    async def _use_wal(self, conn: aiosqlite.Connection) -> None:
+        """Put the file in WAL mode (a property of the file, kept once set).
+
+        WAL: readers never block the writer, and a commit appends to the log instead of
+        rewriting pages. With synchronous=NORMAL a commit is not fsynced: a power cut may
+        lose the last commits, never corrupt the file; a process crash loses nothing.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                rows = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                # Two connections switching a new file to WAL at once: SQLite answers one of
+                # them "locked" at once, without waiting in the busy handler (that wait
+                # could deadlock). Try again until the busy timeout is spent.
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.005)
+        mode = next(iter(rows))[0]
+        if mode != "wal":
+            _log.warning("SQLite database %s cannot use WAL (journal mode stays %s); "
+                         "concurrent access will be slower", self.path, mode)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(raw connection)`` on the connection thread: one hop."""

@@ -69,19 +69,46 @@ def claim(
     now: datetime, lease_until: datetime,
 ) -> list[TaskRecord]:
     """Lease up to ``limit`` eligible tasks in claim order; start their executions."""
+    # Picking and leasing are two statements, but one transaction that holds the database's
+    # write lock: no other connection or process can claim, finish or count in between.
     queues = claim_filter.queues
-    rows = db.execute(Q["claim"], {
+    candidates = db.execute(Q["claim_candidates"], {
         "now": epoch(now),
-        "limit": limit,
         "names": json_list(sorted(claim_filter.names)),
         "queues": None if queues is None else json_list([q for q in queues if q is not None]),
         "default_queue": queues is not None and None in queues,
         "tags": json_list(claim_filter.tags) if claim_filter.tags else None,
-        "worker_id": worker_id,
-        "lease_until": epoch(lease_until),
+    })
+    picked: list[int] = []
+    live: dict[str, int] = {}  # live running instances of capped functions, this claim included
+    try:
+        while len(picked) < limit:
+            rows = candidates.fetchmany(limit - len(picked))
+            if not rows:
+                break
+            for row in rows:
+                cap = row["max_concurrent"]
+                if cap is not None:
+                    name = row["step_name"]
+                    if name not in live:
+                        live[name] = db.execute(Q["count_live_instances"], {
+                            "now": epoch(now), "step_name": name,
+                        }).fetchone()[0]
+                    if live[name] >= cap:
+                        continue  # at its cap: leave it, take what comes after it
+                    live[name] += 1
+                picked.append(row["ordinal"])
+    finally:
+        candidates.close()
+    if not picked:
+        return []
+    rows = db.execute(Q["claim_lease"], {
+        "ordinals": json_list(picked), "worker_id": worker_id,
+        "lease_until": epoch(lease_until), "now": epoch(now),
     }).fetchall()
     # RETURNING hands rows back in no particular order: restore claim order.
-    rows.sort(key=lambda r: (-r["priority"], r["due_at"], r["ordinal"]))
+    position = {ordinal: i for i, ordinal in enumerate(picked)}
+    rows.sort(key=lambda r: position[r["ordinal"]])
     roots = [r["execution_id"] for r in rows if r["parent_id"] is None]
     if roots:
         db.execute(Q["start_executions"], {

@@ -22,9 +22,6 @@ from stent.records import (
     TaskRecord,
 )
 
-#: entries kept in an execution's progress log (the SQL in queries/sqlite.sql uses 100 too)
-PROGRESS_LIMIT = 100
-
 
 def epoch(dt: datetime) -> float:
     """Unix epoch seconds of ``dt`` (a naive ``dt`` is local time)."""
@@ -53,7 +50,7 @@ def json_list(items: Sequence[Any]) -> str:
 
 def progress_entry(event: str, now: datetime, **detail: object) -> str:
     """One progress-log entry as JSON: ``{"event", "at", **detail}``."""
-    entry: dict[str, object] = {"event": event, "at": now.isoformat()}
+    entry: dict[str, object] = {"event": event, "at": now.astimezone(UTC).isoformat()}
     entry.update(detail)
     return json.dumps(entry, separators=(",", ":"))
 

@@ -2,8 +2,8 @@
 --
 -- Every worker write is fenced in its WHERE clause (id, fence, state = 'running'), so a
 -- worker whose lease was taken over changes nothing: the statement matches no row.
--- Progress entries are appended in SQL and the log is bounded to its last 100 entries
--- (PROGRESS_LIMIT in _sqlite_rows.py) by dropping the oldest one as the new one goes in.
+-- Progress entries are appended in SQL; the log keeps its last 100 entries (as the
+-- reference backend does) by dropping the oldest one as a new one goes in.
 
 -- insert_execution --
 -- No target on ON CONFLICT: a taken id and a taken idempotency key both insert nothing.
@@ -58,40 +58,44 @@ SELECT 1 FROM stent_tasks WHERE id = :id AND fence = :fence AND state = 'running
 SELECT * FROM stent_tasks
 WHERE parent_id = :parent_id AND parent_attempt = :parent_attempt AND seq = :seq;
 
--- claim --
--- One statement: pick and lease. Two bounded index scans (due pending tasks in claim order;
--- running tasks whose lease expired), merged and cut to :limit in claim order. Because the
--- eligibility filter sits inside each scan, an ineligible task at the head never starves
--- eligible ones behind it. Sleep timers ignore the queue and tag filters.
-WITH candidates AS (
-    SELECT * FROM (
-        SELECT t.ordinal, t.priority, t.due_at FROM stent_tasks AS t
-        WHERE t.state = 'pending' AND t.due_at <= :now
-          AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
-          AND (t.kind = 'sleep' OR (
-                (:queues IS NULL
-                 OR t.queue IN (SELECT value FROM json_each(:queues))
-                 OR (t.queue IS NULL AND :default_queue))
-            AND (:tags IS NULL OR t.tags = '[]'
-                 OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
-                            WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
-        ORDER BY t.priority DESC, t.due_at, t.ordinal
-        LIMIT :limit)
-    UNION ALL
-    SELECT * FROM (
-        SELECT t.ordinal, t.priority, t.due_at FROM stent_tasks AS t
-        WHERE t.state = 'running' AND t.lease_expires_at < :now
-          AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
-          AND (t.kind = 'sleep' OR (
-                (:queues IS NULL
-                 OR t.queue IN (SELECT value FROM json_each(:queues))
-                 OR (t.queue IS NULL AND :default_queue))
-            AND (:tags IS NULL OR t.tags = '[]'
-                 OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
-                            WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
-        ORDER BY t.priority DESC, t.due_at, t.ordinal
-        LIMIT :limit)
-)
+-- claim_candidates --
+-- Eligible tasks in claim order: due pending tasks, and running tasks whose lease expired
+-- (crash recovery). Both arms come out of their partial index already ordered (or, for the
+-- few expired ones, sorted), and SQLite merges them lazily, so the caller reads only as many
+-- rows as it takes. The eligibility filter sits inside the scan, so an ineligible task at
+-- the head never starves eligible ones behind it. Sleep timers ignore queues and tags.
+SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
+FROM stent_tasks AS t
+WHERE t.state = 'pending' AND t.due_at <= :now
+  AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
+  AND (t.kind = 'sleep' OR (
+        (:queues IS NULL
+         OR t.queue IN (SELECT value FROM json_each(:queues))
+         OR (t.queue IS NULL AND :default_queue))
+    AND (:tags IS NULL OR t.tags = '[]'
+         OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                    WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+UNION ALL
+SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
+FROM stent_tasks AS t
+WHERE t.state = 'running' AND t.lease_expires_at < :now
+  AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
+  AND (t.kind = 'sleep' OR (
+        (:queues IS NULL
+         OR t.queue IN (SELECT value FROM json_each(:queues))
+         OR (t.queue IS NULL AND :default_queue))
+    AND (:tags IS NULL OR t.tags = '[]'
+         OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                    WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+ORDER BY 2 DESC, 3, 1;
+
+-- count_live_instances --
+-- Running instances of a capped function whose lease is live (an expired one is a crash
+-- waiting to be recovered, and does not hold a slot).
+SELECT count(*) FROM stent_tasks
+WHERE state = 'running' AND lease_expires_at >= :now AND step_name = :step_name;
+
+-- claim_lease --
 UPDATE stent_tasks
 SET crash_count = crash_count + (state = 'running'),
     state = 'running',
@@ -99,8 +103,7 @@ SET crash_count = crash_count + (state = 'running'),
     worker_id = :worker_id,
     lease_expires_at = :lease_until,
     started_at = coalesce(started_at, :now)
-WHERE ordinal IN (
-    SELECT ordinal FROM candidates ORDER BY priority DESC, due_at, ordinal LIMIT :limit)
+WHERE ordinal IN (SELECT value FROM json_each(:ordinals))
 RETURNING *;
 
 -- start_executions --
