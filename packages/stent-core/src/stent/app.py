@@ -154,6 +154,12 @@ class Stent:
             raise ValueError(f"invalid max_crash_recoveries {max_crash_recoveries!r}: expected an int >= 0")
         self.backend = backend
         self.serializer: Serializer = resolve_serializer(serializer, pickle_key=pickle_key)
+        if notification_backend is None:
+            # A backend may bring its own wake-ups (PostgreSQL: LISTEN/NOTIFY), so that no
+            # extra service is needed for idle workers to start new work at once.
+            factory = getattr(backend, "default_notification_backend", None)
+            if callable(factory):
+                notification_backend = factory()
         self.notifications_backend = notification_backend
         self.poll_min_interval = float(poll_min_interval)
         self.poll_max_interval = float(poll_max_interval)
@@ -317,6 +323,8 @@ class Stent:
         new = self._new_execution(fn, args, kwargs, max_duration=None, expiry=None, delay=None,
                                   tags=None, priority=None, queue=None, execution_id=None,
                                   idempotency_key=None)
+        if not self._notifications_started:
+            await self._start_notifications()
         fut = self.hub.watch(new.id)  # before the row exists: no completion can slip past
         try:
             await self.backend.create_execution(new, self.clock.now())
@@ -375,6 +383,8 @@ class Stent:
             ``Result.Error(exception)`` for failed, timed-out and cancelled executions.
         """
         limit = parse_optional_duration(expiry)
+        if not self._notifications_started:
+            await self._start_notifications()
         fut = self.hub.watch(execution_id)  # the root task's id is the execution's id
         try:
             ex = await self._get_execution(execution_id)

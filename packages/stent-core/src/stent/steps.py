@@ -173,7 +173,10 @@ async def _run_step(
         elif lease is not None:
             ctx.worker.release_reserved_slot()
         elif created:
-            ctx.worker.wake()  # a pending step for the claim loop (no local slot was free)
+            # a pending step for a claim loop (no local slot was free): this one, or another
+            # process's
+            ctx.worker.wake()
+            executor.publish("work", task.id)
         if not created:
             rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                              task.state, task.result, task.error)
