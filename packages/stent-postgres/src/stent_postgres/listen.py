@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-
 from stent.backend import NotificationHandler
 
 log = logging.getLogger("stent.notifications.postgres")
@@ -125,10 +124,13 @@ class PostgresNotifications:
         while not self._closed:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
-                lost = loop.create_future()
-                conn.add_termination_listener(
-                    lambda _c: lost.done() or lost.set_result(None)
-                )
+                lost: asyncio.Future[None] = loop.create_future()
+
+                def on_lost(_conn: Any, lost: asyncio.Future[None] = lost) -> None:
+                    if not lost.done():
+                        lost.set_result(None)
+
+                conn.add_termination_listener(on_lost)
                 for c in _CHANNELS:
                     await conn.add_listener(channel_name(self._prefix, c), self._on_notify)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
