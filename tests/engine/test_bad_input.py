@@ -169,3 +169,12 @@ async def test_same_execution_id_or_idempotency_key_returns_the_first_execution(
     a = await ex.dispatch(echo, 2, idempotency_key="k-1")
     assert await ex.dispatch(echo, 2, idempotency_key="k-1") == a
     assert await ex.backend.count_executions() == 2
+
+
+@pytest.mark.parametrize("bad", [None, 123, ""])
+async def test_dead_letter_calls_refuse_bad_task_ids(ex: Stent, bad: Any) -> None:
+    for call in (ex.get_dead_letter, ex.discard_dead_letter, ex.replay_dead_letter):
+        with pytest.raises(ValueError, match="task id"):
+            await call(bad)
+    with pytest.raises(ValueError, match="reset_retries"):
+        await ex.replay_dead_letter("x", reset_retries="no")  # type: ignore[arg-type]

@@ -456,7 +456,7 @@ class Stent:
 
     async def get_dead_letter(self, task_id: str) -> DeadLetterRecord | None:
         """One dead letter by task id, or None."""
-        return await self.backend.get_dead_letter(task_id)
+        return await self.backend.get_dead_letter(_check_task_id(task_id))
 
     async def replay_dead_letter(
         self, task_id: str, *, queue: str | None = None, reset_retries: bool = True
@@ -467,6 +467,9 @@ class Stent:
         Returns:
             False if there is no such dead letter.
         """
+        _check_task_id(task_id)
+        if not isinstance(reset_retries, bool):
+            raise ValueError(f"invalid reset_retries {reset_retries!r}: expected a bool")
         q = check_queue(queue)
         ok = await self.backend.replay_dead_letter(
             task_id, queue=q, reset_retries=reset_retries, now=self.clock.now(),
@@ -478,7 +481,7 @@ class Stent:
 
     async def discard_dead_letter(self, task_id: str) -> bool:
         """Delete a dead letter. Returns False if there was none."""
-        return await self.backend.discard_dead_letter(task_id)
+        return await self.backend.discard_dead_letter(_check_task_id(task_id))
 
     # -- workers ------------------------------------------------------------------------------------
     async def serve(self, **kwargs: Any) -> None:
@@ -511,10 +514,11 @@ class Stent:
         return self._ready
 
     async def wait_until_ready(self) -> None:
-        """Return once a worker of this executor is ready to claim work."""
-        if any(lc.ready for lc in self._lifecycles):
-            return
-        await self._ready_event().wait()
+        """Return once a worker of this executor is ready to claim work (now, not before)."""
+        event = self._ready_event()
+        while not any(lc.ready for lc in self._lifecycles):
+            event.clear()
+            await event.wait()
 
     def create_worker_lifecycle(self, *, name: str | None = None) -> WorkerLifecycle:
         """A handle to pass to ``serve(lifecycle=...)`` for readiness and drain."""
@@ -638,3 +642,9 @@ class Stent:
         return await steps.record_value(ctx, steps.UUID_STEP, uuid.uuid4)  # type: ignore[no-any-return]
 
 
+
+
+def _check_task_id(task_id: object) -> str:
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
+        raise ValueError(f"invalid task id {task_id!r}: expected a non-empty str")
+    return task_id

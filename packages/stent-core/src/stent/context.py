@@ -6,6 +6,9 @@ coroutines ``asyncio.gather`` wraps them in, which copy the context) find their 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,11 @@ class TaskContext:
     #: children this task is awaiting right now (for suspension and its lost-wake-up check)
     awaiting: dict[str, int] = field(default_factory=dict)
     nondeterminism: NonDeterminismError | None = None
+    #: children whose wait was cut short (cancellation): still awaited as far as storage
+    #: knows, so a suspension must check them too
+    interrupted: set[str] = field(default_factory=set)
+    #: step inserts still in flight (shielded from cancellation: they may yet commit)
+    inflight: set[asyncio.Future[Any]] = field(default_factory=set)
 
     def take_seq(self) -> int:
         """The next step sequence number, in program order."""
@@ -44,6 +52,19 @@ class TaskContext:
         self.awaiting[child_id] = self.awaiting.get(child_id, 0) + 1
         if first:
             self.worker.task_started_waiting(self)
+
+    @contextlib.contextmanager
+    def waiting_on(self, child_id: str) -> Iterator[None]:
+        """Wait on ``child_id`` for the duration of the block; a wait ended by an exception
+        (cancellation for a suspension) is remembered in :attr:`interrupted`."""
+        self.begin_wait(child_id)
+        try:
+            yield
+        except BaseException:
+            self.interrupted.add(child_id)
+            raise
+        finally:
+            self.end_wait(child_id)
 
     def end_wait(self, child_id: str) -> None:
         """The wait on ``child_id`` is over; with none left the task takes a slot again."""

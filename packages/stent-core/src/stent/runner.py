@@ -226,9 +226,26 @@ class TaskRunner:
 
     async def _suspend(self, rt: RunningTask) -> None:
         task = rt.record
-        awaiting = list(rt.ctx.awaiting) if rt.ctx else []
+        ctx = rt.ctx
+        awaiting: set[str] = set()
+        if ctx is not None:
+            # Step inserts interrupted by the cancellation may still commit; wait for them so
+            # that every child this task waits on exists before the suspension is written.
+            if ctx.inflight:
+                done, _ = await asyncio.wait(set(ctx.inflight), timeout=30)
+                if len(done) < len(ctx.inflight) or any(
+                    f.cancelled() or f.exception() is not None for f in done
+                ):
+                    # An insert failed or is stuck: suspending could wait on a child that
+                    # does not exist. Give the task back instead; it resumes by replay.
+                    await self._release(rt)
+                    return
+            # Children still awaited, and those whose waits the cancellation cut short: the
+            # backend checks them in the same write, so a child that finished meanwhile
+            # makes the task pending instead of waiting (no lost wake-up).
+            awaiting = set(ctx.awaiting) | ctx.interrupted
         await self._write(rt, lambda now: self.executor.backend.suspend_task(
-            task.id, task.fence, awaiting, now))
+            task.id, task.fence, sorted(awaiting), now))
         self.worker.wake()
 
     async def _release(self, rt: RunningTask) -> None:

@@ -9,6 +9,7 @@ now raises ``NonDeterminismError``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Coroutine
@@ -124,11 +125,8 @@ def _new_step(
 
 
 async def _await_child(ctx: TaskContext, child_id: str) -> TaskOutcome:
-    ctx.begin_wait(child_id)
-    try:
+    with ctx.waiting_on(child_id):
         return await ctx.executor.hub.wait(child_id)
-    finally:
-        ctx.end_wait(child_id)
 
 
 def start_step(
@@ -156,14 +154,23 @@ async def _run_step(
 
     now = executor.clock.now()
     new = _new_step(ctx, seq, fn.name, TaskKind.FUNCTION, payload, digest, now, fn=fn)
-    # Watch before the row exists, so that no completion can slip between insert and wait.
-    ctx.begin_wait(new.id)
-    try:
+    # Count the wait before the row exists, so that the slot is free for the step itself.
+    with ctx.waiting_on(new.id):
         lease = ctx.worker.reserve_local_slot(new)
+        # The insert is shielded: if this task is cancelled meanwhile (suspension, drain,
+        # lease loss) the write may still commit, and a step born leased to this worker must
+        # then be run or given back rather than left to wait out its lease.
+        write = asyncio.ensure_future(
+            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now, lease)
+        )
+        ctx.inflight.add(write)
+        write.add_done_callback(ctx.inflight.discard)
         try:
-            task, created = await executor.backend.create_step(
-                ctx.task.id, ctx.task.fence, new, now, lease
-            )
+            task, created = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if lease is not None:
+                write.add_done_callback(ctx.worker.adopt_step_after_cancel)
+            raise
         except BaseException:
             if lease is not None:
                 ctx.worker.release_reserved_slot()
@@ -182,8 +189,6 @@ async def _run_step(
                              task.state, task.result, task.error)
             _check_replay(ctx, seq, rec, fn.name, digest)
         outcome = await _finished_or_wait(ctx, task)
-    finally:
-        ctx.end_wait(new.id)
     return outcome_value(executor, outcome)
 
 
@@ -233,14 +238,16 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     now = executor.clock.now()
     new = _new_step(ctx, seq, SLEEP_STEP, TaskKind.SLEEP, payload, digest, now,
                     due_at=now + delay)
-    ctx.begin_wait(new.id)
-    try:
-        task, created = await executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+    with ctx.waiting_on(new.id):
+        write = asyncio.ensure_future(
+            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+        )
+        ctx.inflight.add(write)
+        write.add_done_callback(ctx.inflight.discard)
+        task, created = await asyncio.shield(write)
         if not created:
             rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                              task.state, task.result, task.error)
             _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
         ctx.worker.timer_scheduled(task.due_at)
         outcome_value(executor, await _finished_or_wait(ctx, task))
-    finally:
-        ctx.end_wait(new.id)

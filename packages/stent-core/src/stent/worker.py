@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .clock import hint_due, poll_sleep
@@ -99,6 +99,7 @@ class Worker:
         self._next_timer: datetime | None = None
         self._stopping = False
         self._crashed = False
+        self._background: set[asyncio.Task[None]] = set()
         self._last_outage_log = 0.0
         self._last_claim_ok = True
 
@@ -170,6 +171,48 @@ class Worker:
         """Give back a reservation that was not used."""
         self.reserved -= 1
         self._slot_freed()
+
+    def adopt_step_after_cancel(self, write: asyncio.Future[Any]) -> None:
+        """The insert of a step born leased to this worker finished after its caller was
+        cancelled: run the step here, or give it back if this worker is stopping."""
+        if write.cancelled() or write.exception() is not None:
+            self.release_reserved_slot()
+            return
+        task, created = write.result()
+        if not created:
+            self.release_reserved_slot()
+        elif self._crashed:
+            self.reserved -= 1  # a dead worker writes nothing; the lease expires
+        elif self._stopping:
+            self.reserved -= 1
+            self._release_in_background([task])
+        else:
+            self.run_reserved(task)
+
+    def _release_in_background(self, tasks: list[TaskRecord]) -> None:
+        """Give leased tasks back without waiting (used where the caller was cancelled)."""
+        if not tasks or self._crashed:
+            return
+        backend = self.executor.backend
+        now = self.executor.clock.now()
+
+        async def release() -> None:
+            for t in tasks:
+                try:
+                    await backend.release_task(t.id, t.fence, now)
+                except Exception as exc:  # the lease expires and another worker takes over
+                    log.warning("could not give back task %s: %s", t.id, exc)
+
+        try:
+            job = asyncio.get_running_loop().create_task(release())
+        except RuntimeError:
+            return
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    def _release_claim_after_cancel(self, claim: asyncio.Future[list[TaskRecord]]) -> None:
+        if not claim.cancelled() and claim.exception() is None:
+            self._release_in_background(claim.result())
 
     def run_reserved(self, task: TaskRecord) -> None:
         """Run a step created with this worker's lease."""
@@ -256,9 +299,16 @@ class Worker:
                     self._next_timer = None
                 try:
                     await faults.hit("before_claim")
-                    tasks = await ex.backend.claim(
+                    claim = asyncio.ensure_future(ex.backend.claim(
                         self.worker_id, self.claim_filter(), free, now, now + self.lease
-                    )
+                    ))
+                    try:
+                        tasks = await asyncio.shield(claim)
+                    except asyncio.CancelledError:
+                        # serve() was cancelled while the claim was in flight: it may still
+                        # commit, and its tasks must not wait out their leases.
+                        claim.add_done_callback(self._release_claim_after_cancel)
+                        raise
                 except faults.WorkerCrash:
                     self.crash()
                     break
@@ -344,13 +394,16 @@ class Worker:
             self.storage_trouble(exc)
             return
         self._storage_ok()
+        held_fences = dict(held)
         for tid, rt in list(self.running.items()):
+            if held_fences.get(tid) != rt.record.fence:
+                continue  # started (or re-claimed) after this heartbeat was sent
             ok = tid not in lost
             ex.metric("lease_renewed", task_id=tid, success=ok)
             if ok:
                 rt.record.lease_expires_at = until
                 hint_due(ex.clock, until + _TICK)
-            elif any(tid == h for h, _ in held):
+            else:
                 log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
                             rt.record.fence,
                             extra={"execution_id": rt.record.execution_id, "task_id": tid})
