@@ -31,8 +31,21 @@ async def slow_charge(x: int) -> int:
     return x * 100
 
 
+@Stent.durable(max_concurrent=1000)  # capped: written and claimed through storage
+async def slow_charge_stored(x: int) -> int:
+    runs["slow_charge"] += 1
+    await release["event"].wait()
+    return x * 100
+
+
 @Stent.durable
 async def checkout(x: int) -> int:
+    runs["checkout"] += 1
+    return await slow_charge_stored(x) + 1
+
+
+@Stent.durable
+async def checkout_inline(x: int) -> int:
     runs["checkout"] += 1
     return await slow_charge(x) + 1
 
@@ -95,3 +108,34 @@ async def test_operator_reset_of_a_running_task_fences_out_its_worker(stent_back
     final = await stent_backend.get_task(child.id)
     assert final is not None and final.fence == 3
     await stop_worker(ex, w)
+
+
+async def test_inline_step_finished_by_a_worker_that_lost_its_callers_lease_is_discarded(
+    stent_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An inline step (run before it is written) rides on its caller's lease: once that
+    lease is gone, its write is rejected and the new owner's run is the one recorded."""
+    clock = FakeClock()
+    stale = Stent(stent_backend, clock=clock)
+    a = await start_worker(stale, lease_duration=timedelta(seconds=10),
+                           heartbeat_interval=timedelta(hours=1), suspend_after=3600,
+                           poll_interval=3600)
+    eid = await stale.dispatch(checkout_inline, 7)
+    await clock.advance(0)
+    assert runs["slow_charge"] == 1
+    assert len(await stent_backend.list_tasks_for_execution(eid)) == 1, "not written yet"
+    await clock.advance(11)
+    fresh = Stent(stent_backend, clock=clock)
+    b = await start_worker(fresh, lease_duration=timedelta(minutes=5))
+    await clock.advance(0)
+    assert runs["slow_charge"] == 2
+    with caplog.at_level(logging.WARNING, logger="stent"):
+        release["event"].set()
+        result = await asyncio.wait_for(fresh.wait_for(eid), 10)
+        await clock.advance(1)
+    assert result == Result.Ok(701)
+    kids = [t for t in await stent_backend.list_tasks_for_execution(eid) if t.parent_id]
+    assert [(k.state, k.result is not None) for k in kids] == [("completed", True)]
+    assert any("stale lease" in r.getMessage() for r in caplog.records)
+    await stop_worker(stale, a)
+    await stop_worker(fresh, b)

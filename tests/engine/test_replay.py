@@ -99,7 +99,7 @@ async def test_mismatched_replay_raises_non_determinism_error_and_fails_without_
     stent_backend: Backend, crash: CrashPlan
 ) -> None:
     clock = FakeClock()
-    crash.at("before_step", step=step_b)
+    crash.at("after_step_recorded", step=step_b)  # b is recorded; the caller has not resumed
     first = Stent(stent_backend, clock=clock)
     w1 = await _serve(first, poll_interval=1.0)
     eid = await first.dispatch(maybe_divergent, 1)

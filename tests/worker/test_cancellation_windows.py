@@ -64,6 +64,20 @@ async def parent() -> int:
     return await child() + 1
 
 
+@Stent.durable(name="tests.windows.child_stored", max_concurrent=1000)
+async def child_stored() -> int:
+    runs["child"] += 1
+    await child_release["e"].wait()
+    return 7
+
+
+@Stent.durable(name="tests.windows.parent_stored")
+async def parent_stored() -> int:
+    """Its step is capped, so it is written (and claimed) through storage before it runs."""
+    runs["parent"] += 1
+    return await child_stored() + 1
+
+
 @Stent.durable(name="tests.windows.job")
 async def job(x: int) -> int:
     return x
@@ -103,7 +117,7 @@ async def test_step_insert_that_commits_after_its_caller_was_cancelled_is_not_or
     gated = GatedBackend(stent_backend, "create_step")
     ex = Stent(gated)  # type: ignore[arg-type]
     w = await start_worker(ex, poll_interval=0.05, lease_duration=timedelta(minutes=5))
-    eid = await ex.dispatch(parent)
+    eid = await ex.dispatch(parent_stored)
     await asyncio.wait_for(gated.waiting["create_step"].wait(), 5)
     ex.request_worker_drain()  # cancels the parent while its step insert is queued
     await asyncio.sleep(0.05)

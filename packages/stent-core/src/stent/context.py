@@ -39,6 +39,13 @@ class TaskContext:
     #: step inserts still in flight (shielded from cancellation: they may yet commit)
     inflight: set[asyncio.Future[Any]] = field(default_factory=set)
 
+    async def ensure_written(self) -> None:
+        """Write this task's row first if it is an inline step not yet written: its own
+        durable calls are fenced on it."""
+        rt = self.worker.running.get(self.task.id)
+        if rt is not None and not rt.materialized and rt.ctx is self:
+            await self.worker.runner.materialize(rt)
+
     def take_seq(self) -> int:
         """The next step sequence number, in program order."""
         seq = self.next_seq

@@ -240,9 +240,15 @@ class NewTask:
     timeout_s: float | None = None
     max_concurrent: int | None = None
     idempotency_key: str = ""
-    #: a task born finished (recorded values): its state and result
+    #: a task born finished (recorded values, steps run before they were written): its state
+    #: and outcome. A step born ``pending`` with ``retries > 0`` is a retry waiting for
+    #: ``due_at``; one born ``failed`` with a ``dead_letter_reason`` also gets a dead letter.
     state: str = "pending"
     result: bytes | None = None
+    error: bytes | None = None
+    attempt: int = 1
+    retries: int = 0
+    dead_letter_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

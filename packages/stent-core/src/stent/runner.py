@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .context import TaskContext, _current
 from .errors import (
+    LeaseLostError,
     NonDeterminismError,
     SerializationError,
     StepTimeoutError,
     UnregisteredFunctionError,
 )
-from .records import TaskKind, TaskOutcome, TaskRecord
+from .records import Lease, NewTask, TaskKind, TaskOutcome, TaskRecord
 from .retry import RetryPolicy
 from .serialization import check_payload_size, dumps_with_path, encode_error
 from .steps import STEP_ERROR_ATTR, decode_call
@@ -39,6 +40,16 @@ class RunningTask:
     waiting_since: float | None = None
     #: why the engine cancelled it: suspend, lease_lost, shutdown, timeout
     stop_reason: str | None = None
+    #: an inline step: run before it is written. ``inline`` is the step to write (born
+    #: finished when it ends, or born running if it must exist first); its parent's lease
+    #: covers it until then.
+    inline: NewTask | None = None
+    inline_parent: tuple[str, int] | None = None
+    #: whether the row exists (always, except for an inline step not yet written)
+    materialized: bool = True
+    #: whether its outcome is written
+    recorded: bool = False
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def stop(self, reason: str) -> None:
         """Cancel the task's coroutine for ``reason`` (first reason wins)."""
@@ -169,8 +180,11 @@ class TaskRunner:
         except SerializationError as exc:
             await self._fail_final(rt, exc, f"unserializable result: {exc}")
             return
-        ok = await self._write(rt, lambda now: ex.backend.complete_task(task.id, task.fence,
-                                                                         result, now))
+        if not rt.materialized:
+            ok = await self._write_inline(rt, state="completed", result=result)
+        else:
+            ok = await self._write(rt, lambda now: ex.backend.complete_task(
+                task.id, task.fence, result, now))
         if ok:
             self._finished(TaskOutcome(task.id, "completed", result, None), task.step_name,
                            task.parent_id)
@@ -194,8 +208,14 @@ class TaskRunner:
             ex.metric("task_failed", queue=task.queue, step_name=task.step_name, kind=task.kind,
                       reason=type(exc).__name__, retrying=True)
             error = encode_error(exc)
-            ok = await self._write(rt, lambda now: ex.backend.retry_task(
-                task.id, task.fence, error, now + timedelta(seconds=delay), now))
+            if not rt.materialized:
+                ok = await self._write_inline(
+                    rt, state="pending", error=error, attempt=task.attempt + 1,
+                    retries=task.retries + 1,
+                    due_at=ex.clock.now() + timedelta(seconds=delay))
+            else:
+                ok = await self._write(rt, lambda now: ex.backend.retry_task(
+                    task.id, task.fence, error, now + timedelta(seconds=delay), now))
             if ok:
                 log.info("task %s (%s) failed with %s; attempt %d in %.2fs", task.id,
                          task.step_name, type(exc).__name__, task.attempt + 1, delay,
@@ -213,8 +233,12 @@ class TaskRunner:
         error = encode_error(exc)
         ex.metric("task_failed", queue=task.queue, step_name=task.step_name, kind=task.kind,
                   reason=reason or type(exc).__name__, retrying=False)
-        ok = await self._write(rt, lambda now: ex.backend.fail_task(task.id, task.fence, error,
-                                                                     now, reason))
+        if not rt.materialized:
+            ok = await self._write_inline(rt, state="failed", error=error,
+                                          dead_letter_reason=reason)
+        else:
+            ok = await self._write(rt, lambda now: ex.backend.fail_task(
+                task.id, task.fence, error, now, reason))
         if ok:
             if reason is not None:
                 ex.metric("dead_lettered", queue=task.queue, step_name=task.step_name,
@@ -244,12 +268,27 @@ class TaskRunner:
             # backend checks them in the same write, so a child that finished meanwhile
             # makes the task pending instead of waiting (no lost wake-up).
             awaiting = set(ctx.awaiting) | ctx.interrupted
+            # Inline children running here are not written yet: write them (born running,
+            # still leased to this worker) while this task still holds its lease, so that
+            # their completion can find and wake the suspended task.
+            for child_id in sorted(awaiting):
+                child = self.worker.running.get(child_id)
+                if child is not None and not child.materialized:
+                    try:
+                        await self.materialize(child)
+                    except Exception as exc:
+                        log.warning("could not write step %s before suspending %s: %s",
+                                    child_id, task.id, exc)
+                        await self._release(rt)
+                        return
         await self._write(rt, lambda now: self.executor.backend.suspend_task(
             task.id, task.fence, sorted(awaiting), now))
         self.worker.wake()
 
     async def _release(self, rt: RunningTask) -> None:
         task = rt.record
+        if not rt.materialized:
+            return  # nothing written: its caller replays and runs it again
         try:
             await asyncio.shield(self.executor.backend.release_task(
                 task.id, task.fence, self.executor.clock.now()))
@@ -264,6 +303,73 @@ class TaskRunner:
         if parent_id is not None and parent_id not in self.worker.running:
             # The parent is not waiting here in memory: storage made it claimable.
             self.worker.wake()
+
+    async def materialize(self, rt: RunningTask) -> None:
+        """Write an inline step as born running, leased to this worker (fence 1), so that it
+        can make durable calls of its own or outlive its caller's suspension.
+
+        Raises:
+            LeaseLostError: the caller no longer holds its lease (the step is abandoned).
+        """
+        async with rt.write_lock:
+            if rt.materialized or rt.recorded:
+                return
+            assert rt.inline is not None and rt.inline_parent is not None
+            ex = self.executor
+            now = ex.clock.now()
+            lease_until = now + self.worker.lease
+            parent_id, parent_fence = rt.inline_parent
+            task, created = await ex.backend.create_step(
+                parent_id, parent_fence, rt.inline, now,
+                Lease(self.worker.worker_id, lease_until))
+            if not created:
+                raise LeaseLostError(f"step {rt.inline.id} was written by another run")
+            rt.record = task
+            if rt.ctx is not None:
+                rt.ctx.task = task
+            rt.materialized = True
+            self.worker.lease_granted(lease_until)
+
+    async def _write_inline(self, rt: RunningTask, **outcome: Any) -> bool:
+        """Write an inline step with its outcome: one insert, fenced on its caller."""
+        assert rt.inline is not None and rt.inline_parent is not None
+        parent_id, parent_fence = rt.inline_parent
+        new = replace(rt.inline, **outcome)
+        async with rt.write_lock:
+            if rt.materialized:
+                return await self._write_materialized_outcome(rt, outcome)
+            try:
+                ok = await self._write(rt, lambda now: self._insert_finished(
+                    parent_id, parent_fence, new, now))
+            except LeaseLostError:
+                ok = False
+            rt.recorded = ok
+            return ok
+
+    async def _insert_finished(
+        self, parent_id: str, parent_fence: int, new: NewTask, now: datetime
+    ) -> bool:
+        try:
+            _, created = await self.executor.backend.create_step(parent_id, parent_fence, new,
+                                                                  now)
+        except LeaseLostError:
+            return False
+        return created
+
+    async def _write_materialized_outcome(self, rt: RunningTask, outcome: dict[str, Any]) -> bool:
+        # The step was written while it ran (its caller was suspended): finish it the usual,
+        # fenced way.
+        task = rt.record
+        backend = self.executor.backend
+        state = outcome["state"]
+        if state == "completed":
+            return await self._write(rt, lambda now: backend.complete_task(
+                task.id, task.fence, outcome["result"], now))
+        if state == "pending":
+            return await self._write(rt, lambda now: backend.retry_task(
+                task.id, task.fence, outcome["error"], outcome["due_at"], now))
+        return await self._write(rt, lambda now: backend.fail_task(
+            task.id, task.fence, outcome["error"], now, outcome.get("dead_letter_reason")))
 
     async def _write(self, rt: RunningTask, op: Any) -> bool:
         """Run a fenced write, retrying through storage outages until the lease runs out."""

@@ -145,6 +145,8 @@ async def _run_step(
     ctx: TaskContext, fn: DurableFunction[..., Any], seq: int, payload: bytes, digest: str
 ) -> Any:
     executor = ctx.executor
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
     rec = ctx.history.get(seq)
     if rec is not None:
         _check_replay(ctx, seq, rec, fn.name, digest)
@@ -157,6 +159,11 @@ async def _run_step(
     # Count the wait before the row exists, so that the slot is free for the step itself.
     with ctx.waiting_on(new.id):
         lease = ctx.worker.reserve_local_slot(new)
+        if lease is not None and fn.max_concurrent is None:
+            # The hot path: run the step here now and write it once, with its outcome.
+            # (A capped function goes through storage, where its cap is counted.)
+            task = ctx.worker.run_inline(ctx, new, lease)
+            return outcome_value(executor, await _finished_or_wait(ctx, task))
         # The insert is shielded: if this task is cancelled meanwhile (suspension, drain,
         # lease loss) the write may still commit, and a step born leased to this worker must
         # then be run or given back rather than left to wait out its lease.
@@ -204,6 +211,8 @@ async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
     """A value computed once and replayed (``Stent.now()``, ``Stent.uuid4()``)."""
     executor = ctx.executor
     seq = ctx.take_seq()
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
     rec = ctx.history.get(seq)
     digest = call_digest(name, b"")
     if rec is not None:
@@ -227,6 +236,8 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     """A durable timer: a ``sleep`` step due at now + ``delay``, fired by any worker."""
     executor = ctx.executor
     seq = ctx.take_seq()
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
     payload = dumps_with_path(executor.serializer, delay.total_seconds(), "duration")
     digest = call_digest(SLEEP_STEP, payload)
     rec = ctx.history.get(seq)

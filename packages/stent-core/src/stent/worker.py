@@ -214,6 +214,35 @@ class Worker:
         if not claim.cancelled() and claim.exception() is None:
             self._release_in_background(claim.result())
 
+    def run_inline(self, parent: TaskContext, new: NewTask, lease: Lease) -> TaskRecord:
+        """Run a just-made step here at once, before writing it (on a reserved slot).
+
+        Nothing is written until it ends: then one insert records it with its outcome,
+        fenced on its caller, whose lease covers it meanwhile. If this worker dies first,
+        the caller's replay finds no step at that key and runs it again (at least once). It
+        is written earlier, born running, when it makes durable calls of its own or when its
+        caller is suspended.
+        """
+        self.reserved -= 1
+        record = TaskRecord(
+            id=new.id, execution_id=parent.task.execution_id, parent_id=new.parent_id,
+            parent_attempt=new.parent_attempt, seq=new.seq, step_name=new.step_name,
+            kind=new.kind, state="running", args=new.args, arg_digest=new.arg_digest,
+            created_at=self.executor.clock.now(), due_at=new.due_at, queue=new.queue,
+            tags=tuple(new.tags), priority=new.priority, worker_id=self.worker_id,
+            lease_expires_at=lease.expires_at, fence=0, retry_policy=dict(new.retry_policy),
+            timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
+            idempotency_key=new.idempotency_key, started_at=self.executor.clock.now(),
+        )
+        rt = RunningTask(record, inline=new, inline_parent=(parent.task.id, parent.task.fence),
+                         materialized=False)
+        self._start(record, rt)
+        return record
+
+    def lease_granted(self, until: datetime) -> None:
+        """A lease until ``until`` was taken: tell a test clock when it would expire."""
+        hint_due(self.executor.clock, until + _TICK)
+
     def run_reserved(self, task: TaskRecord) -> None:
         """Run a step created with this worker's lease."""
         self.reserved -= 1
@@ -252,7 +281,7 @@ class Worker:
     def _sync_lifecycle(self) -> None:
         self.lifecycle.active_tasks = len(self.running)
 
-    def _start(self, task: TaskRecord) -> None:
+    def _start(self, task: TaskRecord, rt: RunningTask | None = None) -> None:
         old = self.running.get(task.id)
         if old is not None:
             # This worker re-claimed a task whose lease it had lost while still running it
@@ -261,7 +290,7 @@ class Worker:
             if old.holds_slot:
                 old.holds_slot = False
                 self.active -= 1
-        rt = RunningTask(task)
+        rt = rt or RunningTask(task)
         self.running[task.id] = rt
         self.active += 1
         self._sync_lifecycle()
@@ -379,7 +408,8 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         ex = self.executor
-        held = [(tid, rt.record.fence) for tid, rt in self.running.items()]
+        # inline steps not yet written ride on their callers' leases
+        held = [(tid, rt.record.fence) for tid, rt in self.running.items() if rt.materialized]
         if not held:
             return
         try:

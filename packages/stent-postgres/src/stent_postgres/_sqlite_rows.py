@@ -79,6 +79,9 @@ def task_params(new: NewTask, now: datetime) -> dict[str, Any]:
         "idempotency_key": new.idempotency_key,
         "now": epoch(now),
         "finished_at": epoch(now) if finished else None,
+        "error": new.error,
+        "attempt": new.attempt,
+        "retries": new.retries,
     }
 
 

@@ -68,6 +68,7 @@ class InMemoryBackend:
             tags=tuple(new.tags), priority=new.priority, retry_policy=dict(new.retry_policy),
             timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
             idempotency_key=new.idempotency_key, finished_at=now if finished else None,
+            error=new.error, attempt=new.attempt, retries=new.retries,
         )
         self._order += 1
         self._created_order[rec.id] = self._order
@@ -191,9 +192,22 @@ class InMemoryBackend:
             rec.worker_id = lease.worker_id
             rec.lease_expires_at = to_utc(lease.expires_at)
             rec.started_at = now
+        if rec.state in TERMINAL_TASK_STATES:
+            rec.started_at = now
         self._tasks[rec.id] = rec
         self._by_key[key] = rec.id
         self._children.setdefault(parent_id, []).append(rec.id)
+        if rec.state == "failed" and new.dead_letter_reason is not None:
+            self._dead[rec.id] = DeadLetterRecord(
+                task_id=rec.id, execution_id=rec.execution_id, step_name=rec.step_name,
+                queue=rec.queue, reason=new.dead_letter_reason, error=rec.error,
+                created_at=now, retries=rec.retries,
+            )
+        if rec.state == "pending" and rec.retries > 0:
+            ex = self._executions.get(rec.execution_id)
+            if ex is not None:
+                _progress(ex, "retrying", now, task_id=rec.id, step=rec.step_name,
+                          attempt=rec.attempt)
         return rec.copy(), True
 
     async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:

@@ -40,12 +40,12 @@ INSERT INTO stent_tasks (
     id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
     arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
     max_concurrent, idempotency_key, created_at, finished_at,
-    worker_id, lease_expires_at, fence, started_at)
+    worker_id, lease_expires_at, fence, started_at, error, attempt, retries)
 SELECT
     :id, parent.execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state,
     :args, :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy,
     :timeout_s, :max_concurrent, :idempotency_key, :now, :finished_at,
-    :worker_id, :lease_expires_at, :fence, :started_at
+    :worker_id, :lease_expires_at, :fence, :started_at, :error, :attempt, :retries
 FROM stent_tasks AS parent
 WHERE parent.id = :parent_id AND parent.fence = :parent_fence AND parent.state = 'running'
 ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING

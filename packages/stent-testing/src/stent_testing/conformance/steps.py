@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from stent.backend import Backend
 from stent.records import Lease, StepRecord
@@ -205,3 +207,54 @@ class StepContract(ConformanceBase):
         grandchild = await add_step(backend, child, 0)
         assert (await stored_task(backend, grandchild.id)).execution_id == new.id
         assert (await stored_task(backend, grandchild.id)).parent_id == child.id
+
+    @pytest.mark.asyncio
+    async def test_step_born_failed_gets_its_error_and_dead_letter(self, backend: Backend) -> None:
+        _, parent = await start(backend)
+        step = dataclasses.replace(
+            new_task(parent_id=parent.id, parent_attempt=parent.attempt, seq=0),
+            state="failed", error=b"boom", retries=2, attempt=3,
+            dead_letter_reason="attempts exhausted (3 of 3)",
+        )
+        child, created = await backend.create_step(parent.id, parent.fence, step, at(4))
+        assert created and child.state == "failed"
+        stored = await stored_task(backend, step.id)
+        assert (stored.error, stored.attempt, stored.retries) == (b"boom", 3, 2)
+        assert stored.finished_at is not None
+        letter = await backend.get_dead_letter(step.id)
+        assert letter is not None and letter.reason == "attempts exhausted (3 of 3)"
+        assert (letter.error, letter.retries) == (b"boom", 2)
+        (outcome,) = await backend.get_outcomes([step.id])
+        assert (outcome.state, outcome.error) == ("failed", b"boom")
+
+    @pytest.mark.asyncio
+    async def test_step_born_failed_without_reason_has_no_dead_letter(
+        self, backend: Backend
+    ) -> None:
+        _, parent = await start(backend)
+        step = dataclasses.replace(
+            new_task(parent_id=parent.id, parent_attempt=parent.attempt, seq=0),
+            state="failed", error=b"boom",
+        )
+        await backend.create_step(parent.id, parent.fence, step, at(4))
+        assert await backend.get_dead_letter(step.id) is None
+
+    @pytest.mark.asyncio
+    async def test_step_born_waiting_for_a_retry_is_claimable_only_when_due(
+        self, backend: Backend
+    ) -> None:
+        new, parent = await start(backend)
+        step = dataclasses.replace(
+            new_task(parent_id=parent.id, parent_attempt=parent.attempt, seq=0, due_at=at(20)),
+            error=b"flaky", retries=1, attempt=2,
+        )
+        await backend.create_step(parent.id, parent.fence, step, at(4))
+        stored = await stored_task(backend, step.id)
+        assert (stored.state, stored.attempt, stored.retries, stored.error) == (
+            "pending", 2, 1, b"flaky")
+        assert await backend.claim("w", claim_filter(), 10, at(19), at(120)) == []
+        (claimed,) = await backend.claim("w", claim_filter(), 10, at(21), at(120))
+        assert claimed.id == step.id
+        ex = await backend.get_execution(new.id)
+        assert ex is not None
+        assert [p["event"] for p in ex.progress][-1] == "retrying"
