@@ -158,37 +158,22 @@ async def _run_step(
     new = _new_step(ctx, seq, fn.name, TaskKind.FUNCTION, payload, digest, now, fn=fn)
     # Count the wait before the row exists, so that the slot is free for the step itself.
     with ctx.waiting_on(new.id):
-        lease = ctx.worker.reserve_local_slot(new)
-        if lease is not None and fn.max_concurrent is None:
+        # A capped function goes through storage, where the claim counts its cap.
+        lease = ctx.worker.reserve_local_slot(new) if fn.max_concurrent is None else None
+        if lease is not None:
             # The hot path: run the step here now and write it once, with its outcome.
-            # (A capped function goes through storage, where its cap is counted.)
             task = ctx.worker.run_inline(ctx, new, lease)
             return outcome_value(executor, await _finished_or_wait(ctx, task))
-        # The insert is shielded: if this task is cancelled meanwhile (suspension, drain,
-        # lease loss) the write may still commit, and a step born leased to this worker must
-        # then be run or given back rather than left to wait out its lease.
+        # Otherwise insert it pending for a claim loop (this one, or another process's).
+        # The insert is shielded: if this task is cancelled meanwhile (suspension, drain)
+        # it may still commit, and a suspension waits for it (ctx.inflight).
         write = asyncio.ensure_future(
-            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now, lease)
+            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
         )
         ctx.inflight.add(write)
         write.add_done_callback(ctx.inflight.discard)
-        try:
-            task, created = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            if lease is not None:
-                write.add_done_callback(ctx.worker.adopt_step_after_cancel)
-            raise
-        except BaseException:
-            if lease is not None:
-                ctx.worker.release_reserved_slot()
-            raise
-        if created and lease is not None:
-            ctx.worker.run_reserved(task)
-        elif lease is not None:
-            ctx.worker.release_reserved_slot()
-        elif created:
-            # a pending step for a claim loop (no local slot was free): this one, or another
-            # process's
+        task, created = await asyncio.shield(write)
+        if created:
             ctx.worker.wake()
             executor.publish("work", task.id)
         if not created:

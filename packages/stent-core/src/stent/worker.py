@@ -172,23 +172,6 @@ class Worker:
         self.reserved -= 1
         self._slot_freed()
 
-    def adopt_step_after_cancel(self, write: asyncio.Future[Any]) -> None:
-        """The insert of a step born leased to this worker finished after its caller was
-        cancelled: run the step here, or give it back if this worker is stopping."""
-        if write.cancelled() or write.exception() is not None:
-            self.release_reserved_slot()
-            return
-        task, created = write.result()
-        if not created:
-            self.release_reserved_slot()
-        elif self._crashed:
-            self.reserved -= 1  # a dead worker writes nothing; the lease expires
-        elif self._stopping:
-            self.reserved -= 1
-            self._release_in_background([task])
-        else:
-            self.run_reserved(task)
-
     def _release_in_background(self, tasks: list[TaskRecord]) -> None:
         """Give leased tasks back without waiting (used where the caller was cancelled)."""
         if not tasks or self._crashed:
