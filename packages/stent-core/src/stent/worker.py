@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import faults
 from .clock import hint_due, poll_sleep
