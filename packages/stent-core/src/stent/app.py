@@ -171,6 +171,10 @@ class Stent:
         self.max_payload_bytes = max_payload_bytes
         self.max_crash_recoveries = max_crash_recoveries
         self.durable_asyncio_sleep = bool(durable_asyncio_sleep)
+        if self.durable_asyncio_sleep:
+            from . import asyncio_sleep
+
+            asyncio_sleep.install()
         self.hub = CompletionHub(self)
         self.worker_name_prefix = f"{socket.gethostname()}-{os.getpid()}"
         self._workers: list[Worker] = []

@@ -9,6 +9,7 @@ outstanding id in one query. A lost notification therefore costs latency, never 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -76,8 +77,9 @@ class CompletionHub:
     # -- polling ------------------------------------------------------------------------------
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
+            # a clean context: the poller serves every waiter, not the task that started it
             self._poller = asyncio.get_running_loop().create_task(
-                self._poll_loop(), name="stent-completion-poll"
+                self._poll_loop(), name="stent-completion-poll", context=contextvars.Context()
             )
 
     async def _poll_loop(self) -> None:
