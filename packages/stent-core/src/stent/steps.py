@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import faults
 from .context import TaskContext
 from .errors import ExecutionCancelledError, NonDeterminismError, SerializationError
 from .records import NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
@@ -163,6 +164,8 @@ async def _run_step(
         if lease is not None:
             # The hot path: run the step here now and write it once, with its outcome.
             task = ctx.worker.run_inline(ctx, new, lease)
+            if faults.plan is not None:
+                faults.plan_hit_sync("after_step_started", step=fn.name, task_id=task.id)
             return outcome_value(executor, await _finished_or_wait(ctx, task))
         # Otherwise insert it pending for a claim loop (this one, or another process's).
         # The insert is shielded: if this task is cancelled meanwhile (suspension, drain)
@@ -176,6 +179,8 @@ async def _run_step(
         if created:
             ctx.worker.wake()
             executor.publish("work", task.id)
+            if faults.plan is not None:
+                faults.plan_hit_sync("after_step_started", step=fn.name, task_id=task.id)
         if not created:
             rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                              task.state, task.result, task.error)

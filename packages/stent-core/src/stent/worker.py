@@ -334,6 +334,14 @@ class Worker:
                 self._backlog = len(tasks) == free
                 if tasks:
                     hint_due(ex.clock, now + self.lease + _TICK)
+                if tasks and faults.plan is not None:
+                    try:
+                        # leases taken in storage, no task started: the worst moment to die
+                        await faults.plan.hit("before_claim_commit",
+                                              task_ids=[t.id for t in tasks])
+                    except faults.WorkerCrash:
+                        self.crash()
+                        break
                 for t in tasks:
                     self._start(t)
                 if tasks:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from stent.durations import parse_duration
+
+
+def system_time_available() -> bool:
+    """Whether ``time-machine`` is installed, so that a ``FakeClock`` can move
+    ``datetime.now()`` and ``time.time()`` for user code."""
+    try:
+        importlib.import_module("time_machine")
+    except ImportError:
+        return False
+    return True
 
 
 class FakeClock:
@@ -20,16 +32,24 @@ class FakeClock:
     clock jumps ahead it stops at each sleep that matters and each hinted time, waking polls
     only there, so a 30-day sleep costs a handful of wake-ups rather than millions of polls.
 
+    With ``system_time=True`` the clock also drives a ``time-machine`` traveller, so that
+    ``datetime.now()``, ``datetime.utcnow()``, ``time.time()`` and friends in user code read
+    the fake time (frozen between moves; ``time.monotonic()`` and the event loop are left
+    alone). ``now()`` stays the source of truth: the traveller is moved to it at every jump.
+    Call :meth:`stop` to put the real time back.
+
     Args:
         start: the initial time (aware; default 2030-01-01 UTC).
         auto_advance: jump to the next due time whenever the program has gone quiet (no clock
             reads or sleeps for ``quiet_period`` seconds of real time).
         quiet_period: real seconds of quiet before an automatic jump.
+        system_time: also move ``datetime.now()``/``time.time()`` (needs ``time-machine``;
+            ``ImportError`` naming it otherwise).
     """
 
     def __init__(
         self, start: datetime | None = None, *, auto_advance: bool = False,
-        quiet_period: float = 0.005,
+        quiet_period: float = 0.005, system_time: bool = False,
     ) -> None:
         self._start = (start or datetime(2030, 1, 1, tzinfo=UTC)).astimezone(UTC)
         self._elapsed = 0.0
@@ -39,9 +59,15 @@ class FakeClock:
         self._seq = itertools.count()
         self._activity = 0
         self._driver: asyncio.Task[None] | None = None
+        #: how many ``advance`` calls are running: the auto-advance driver waits for them
+        self._advancing = 0
+        self._traveller: Any = None
+        self._coordinates: Any = None
         self.quiet_period = quiet_period
         self._auto = False
         self.auto_advance = auto_advance
+        if system_time:
+            self.start_system_time()
 
     # -- the Clock protocol ----------------------------------------------------------------------
     def now(self) -> datetime:
@@ -112,20 +138,34 @@ class FakeClock:
 
     async def advance(self, duration: object) -> None:
         """Move time forward by ``duration``, stopping at every time that matters in that span
-        in order and letting its consequences run before moving on."""
+        in order and letting its consequences run before moving on.
+
+        Every timer, retry backoff, delayed dispatch and lease expiry due in the span fires at
+        its own time: code woken at a stop reads ``now()`` equal to that stop, and what it
+        schedules inside the span fires in the same call.
+
+        Args:
+            duration: a ``timedelta``, seconds, or a duration string (``"30d"``, ``"1h30m"``).
+        """
         target = self._elapsed + parse_duration(duration).total_seconds()
-        await self._settle()
-        while True:
-            stop = self._next_stop(include_polls=False)
-            if stop is None or stop > target:
-                break
-            self._jump_to(stop)
+        self._advancing += 1
+        try:
             await self._settle()
-        self._jump_to(target)
-        await self._settle()
+            while True:
+                stop = self._next_stop(include_polls=False)
+                if stop is None or stop > target:
+                    break
+                self._jump_to(stop)
+                await self._settle()
+            self._jump_to(target)
+            await self._settle()
+        finally:
+            self._advancing -= 1
 
     def _jump_to(self, when: float) -> None:
         self._elapsed = max(self._elapsed, when)
+        if self._coordinates is not None:
+            self._coordinates.move_to(self._start + timedelta(seconds=self._elapsed))
         while self._hints and self._hints[0] <= self._elapsed:
             heapq.heappop(self._hints)
         keep = []
@@ -161,7 +201,7 @@ class FakeClock:
         while self._auto:
             before = self._activity
             await asyncio.sleep(self.quiet_period)
-            if self._activity != before:
+            if self._activity != before or self._advancing:
                 continue
             stop = self._next_stop(include_polls=False)
             if stop is None:
@@ -169,8 +209,41 @@ class FakeClock:
             if stop is not None:
                 self._jump_to(stop)
 
+    # -- datetime.now() and time.time() ---------------------------------------------------------
+    @property
+    def system_time(self) -> bool:
+        """Whether this clock is moving ``datetime.now()``/``time.time()`` right now."""
+        return self._coordinates is not None
+
+    def start_system_time(self) -> None:
+        """Make ``datetime.now()``, ``time.time()`` and friends read this clock (frozen
+        between moves) until :meth:`stop`.
+
+        Raises:
+            ImportError: ``time-machine`` is not installed.
+        """
+        if self._coordinates is not None:
+            return
+        try:
+            time_machine = importlib.import_module("time_machine")
+        except ImportError as exc:
+            raise ImportError(
+                "FakeClock(system_time=True) moves datetime.now() and time.time() with "
+                "time-machine, which is not installed: pip install time-machine"
+            ) from exc
+        self._traveller = time_machine.travel(self.now(), tick=False)
+        self._coordinates = self._traveller.start()
+
+    def stop_system_time(self) -> None:
+        """Give ``datetime.now()``/``time.time()`` back their real values."""
+        if self._traveller is not None:
+            self._traveller.stop()
+        self._traveller = None
+        self._coordinates = None
+
     def stop(self) -> None:
-        """Stop auto-advancing and release every sleeper (used at test teardown)."""
+        """Stop auto-advancing, release every sleeper and put the real system time back
+        (used at test teardown)."""
         self._auto = False
         if self._driver is not None:
             self._driver.cancel()
@@ -178,3 +251,4 @@ class FakeClock:
             if not entry[3].done():
                 entry[3].cancel()
         self._sleepers.clear()
+        self.stop_system_time()

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import demo
+from . import demo, history
 from .errors import EXIT_OK, EXIT_USAGE, CliError, UsageError
 
 __all__ = ["CliError", "UsageError", "build_parser", "main"]
@@ -21,7 +21,7 @@ __all__ = ["CliError", "UsageError", "build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 #: Command groups, in the order ``stent --help`` lists them.
-COMMAND_MODULES = (demo,)
+COMMAND_MODULES = (demo, history)
 
 
 class _Parser(argparse.ArgumentParser):
