@@ -9,6 +9,7 @@ import pytest
 from stent import (
     ExecutionNotFinished,
     ExecutionNotFound,
+    FunctionRegistry,
     PayloadTooLargeError,
     SerializationError,
     Stent,
@@ -41,12 +42,26 @@ def ex(stent_backend: Backend) -> Stent:
     return Stent(stent_backend)
 
 
-async def test_unregistered_function_name_lists_registered_names(ex: Stent) -> None:
+async def test_unregistered_function_name_lists_registered_names(stent_backend: Backend) -> None:
+    registry = FunctionRegistry()
+
+    async def charge_card() -> None:
+        return None
+
+    Stent.durable(name="billing:charge_card", registry=registry)(charge_card)
+    ex = Stent(stent_backend, function_registry=registry)
     with pytest.raises(UnregisteredFunctionError) as info:
         await ex.dispatch("billing:charge")
     assert "billing:charge" in str(info.value)
-    assert echo.name in str(info.value)
+    assert "registered: billing:charge_card" in str(info.value)
     assert await ex.backend.count_executions() == 0
+
+
+def test_unregistered_function_error_shows_close_names_first() -> None:
+    names = [f"app:f{i}" for i in range(50)] + ["billing:charge_card"]
+    message = str(UnregisteredFunctionError("billing:charge", names))
+    assert "(registered: billing:charge_card, " in message
+    assert "51 in all" in message
 
 
 async def test_plain_async_function_is_refused(ex: Stent) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -15,7 +16,10 @@ class UnregisteredFunctionError(StentError):
     def __init__(self, name: str, registered: Iterable[str] = ()) -> None:
         self.name = name
         self.registered = sorted(registered)
-        shown = ", ".join(self.registered[:20]) or "none"
+        # the likeliest intended names first (a typo, a moved module), then the rest
+        close = difflib.get_close_matches(name, self.registered, n=5, cutoff=0.5)
+        ordered = close + [n for n in self.registered if n not in close]
+        shown = ", ".join(ordered[:20]) or "none"
         if len(self.registered) > 20:
             shown += f", ... ({len(self.registered)} in all)"
         super().__init__(
