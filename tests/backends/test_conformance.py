@@ -47,3 +47,16 @@ class TestSQLiteInMemoryConformance(BackendConformance):
         await b.init_db()
         yield b
         await b.close()
+
+
+class TestPostgresConformance(BackendConformance):
+    """PostgreSQL, each test on a fresh schema (skipped when the server is unreachable,
+    unless CI=true)."""
+
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[Backend]:
+        from stent_testing.pg import create_test_backend, dispose_test_backend
+
+        b = await create_test_backend(min_pool_size=1, max_pool_size=4)
+        yield b
+        await dispose_test_backend(b)

@@ -35,17 +35,26 @@ async def workflow(journal: str, wf: int, steps: int) -> int:
     return total
 
 
-async def _serve(db: str) -> None:
+@Stent.durable(name="crashtest.wide_workflow")
+async def wide_workflow(journal: str, wf: int, steps: int) -> int:
+    _journal(journal, event="root", wf=wf, n=-1)
+    return sum(await asyncio.gather(*(step(journal, wf, n) for n in range(steps))))
+
+
+async def _serve(target: str, schema: str | None) -> None:
     from datetime import timedelta
 
-    from stent_postgres import SQLiteBackend
+    from stent_postgres import PostgresBackend, SQLiteBackend
 
-    backend = SQLiteBackend(db)
-    await backend.init_db()
-    executor = Stent(backend)
+    if target.startswith("postgres"):
+        backend: object = PostgresBackend(target, schema=schema or "public")
+    else:
+        backend = SQLiteBackend(target)
+    await backend.init_db()  # type: ignore[attr-defined]
+    executor = Stent(backend)  # type: ignore[arg-type]
     await executor.serve(max_concurrency=8, lease_duration=timedelta(seconds=1),
                          heartbeat_interval=timedelta(seconds=0.25), poll_interval=0.05)
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(sys.argv[1]))
+    asyncio.run(_serve(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -1,0 +1,633 @@
+-- Named queries of PostgresBackend. Each starts at a "-- name --" line; see migrations.py.
+-- Parameters are positional ($1, $2, ...), listed under each header.
+--
+-- Every statement below is its own transaction (autocommit) unless its caller says otherwise,
+-- and runs at READ COMMITTED. Three rules keep that safe without a stronger isolation level:
+--
+-- * Every worker write is fenced in its WHERE clause (id, fence, state = 'running'). A plain
+--   UPDATE re-checks its WHERE clause on the newest version of a row it had to wait for, so a
+--   worker whose lease was taken over changes nothing.
+-- * A decision that depends on another row reads that row with a locking clause that
+--   conflicts with the writer's lock (FOR NO KEY UPDATE / FOR SHARE): such a read waits and
+--   returns the newest committed version, where a plain read sees the statement's snapshot,
+--   which may be older than a transaction that committed while this one waited. (FOR KEY
+--   SHARE is not enough: it does not wait for an update that leaves the key alone, and
+--   returns the old version.) Where that cannot be arranged, the decision is a later
+--   statement of a PL/pgSQL function, which sees a fresh snapshot (stent_finish_task).
+-- * Locks are taken in one order: task rows from ancestors to descendants (a finished child
+--   updates its parent only when the parent is 'waiting', which no worker holds), then
+--   execution rows, then stent_concurrency rows last. Claims never wait for a task row (SKIP
+--   LOCKED); they wait only for counter rows (taken first, in name order) and for the rows
+--   of executions they start. So no two transactions can wait for each other.
+--
+-- Progress entries are appended in SQL; the log keeps its last 100 entries (as the reference
+-- backend does) by dropping the oldest one as a new one goes in.
+
+-- lock_migrations --
+-- One migrator per schema at a time; the lock is released when the transaction ends.
+-- $1: the lock's class (a constant of this package), $2: schema name.
+SELECT pg_advisory_xact_lock($1::integer, hashtext($2::text));
+
+-- schema_exists --
+-- $1: schema name.
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
+
+-- create_schema --
+-- The one statement with an identifier in it: {schema} is replaced by the backend's schema
+-- name, which was checked against an identifier pattern and is double-quoted
+-- (_pg_dsn.validate_schema). Run only when the schema is missing (CREATE SCHEMA checks the
+-- CREATE privilege on the database even when the schema exists).
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- drop_schema --
+-- For the test kit (stent_testing.pg), which gives every test a schema of its own; {schema}
+-- as in create_schema.
+DROP SCHEMA IF EXISTS {schema} CASCADE;
+
+-- version_table_exists --
+SELECT to_regclass('stent_schema_version') IS NOT NULL;
+
+-- create_version_table --
+CREATE TABLE IF NOT EXISTS stent_schema_version (
+    version    integer     PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- recorded_version --
+SELECT coalesce(max(version), 0) FROM stent_schema_version;
+
+-- record_version --
+-- $1: version.
+INSERT INTO stent_schema_version (version) VALUES ($1);
+
+-- insert_execution --
+-- Dispatch: the execution and its root task in one statement, unless the id or the
+-- idempotency key is taken (ON CONFLICT without a target covers both unique constraints).
+-- $1 id, $2 function, $3 args, $4 queue, $5 tags, $6 priority, $7 idempotency_key,
+-- $8 deadline, $9 now, $10 progress ([dispatched entry]);
+-- root task: $11 id, $12 parent_id, $13 parent_attempt, $14 seq, $15 step_name, $16 kind,
+-- $17 state, $18 args, $19 arg_digest, $20 result, $21 queue, $22 tags, $23 priority,
+-- $24 due_at, $25 retry_policy, $26 timeout_s, $27 max_concurrent, $28 idempotency_key,
+-- $29 finished_at, $30 error, $31 attempt, $32 retries.
+WITH execution AS (
+    INSERT INTO stent_executions (
+        id, function, state, root_task_id, args, queue, tags, priority, idempotency_key,
+        deadline, created_at, progress)
+    VALUES ($1, $2, 'pending', $11, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),
+root AS (
+    INSERT INTO stent_tasks (
+        id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+        arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+        max_concurrent, idempotency_key, created_at, finished_at, error, attempt, retries)
+    SELECT $11, execution.id, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
+           $25::jsonb, $26, $27, $28, $9, $29, $30, $31, $32
+    FROM execution
+    RETURNING step_name, max_concurrent
+),
+counter AS (
+    -- A capped function has a counter row from its first capped task on.
+    INSERT INTO stent_concurrency (step_name)
+    SELECT step_name FROM root WHERE max_concurrent IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+-- The id wins over the idempotency key, as in the reference backend. An execution that a
+-- concurrent dispatch committed after this statement began is not seen here (NULL, NULL):
+-- the caller looks again with execution_id_taken.
+SELECT (SELECT id FROM execution) AS created,
+       coalesce((SELECT id FROM stent_executions WHERE id = $1),
+                (SELECT id FROM stent_executions WHERE idempotency_key = $7)) AS existing;
+
+-- execution_id_taken --
+-- $1 id, $2 idempotency_key.
+SELECT coalesce((SELECT id FROM stent_executions WHERE id = $1),
+                (SELECT id FROM stent_executions WHERE idempotency_key = $2));
+
+-- claim --
+-- Lease up to $6 due, eligible tasks in claim order (priority DESC, due_at, ordinal), in one
+-- statement. $1 worker_id, $2 registered names, $3 queues (NULL: every queue),
+-- $4 whether the default queue is wanted, $5 worker tags (NULL: takes every task), $6 limit,
+-- $7 now, $8 lease_until, $9 progress ([running entry]).
+--
+-- Uncapped tasks come from their partial indexes in claim order, locked with SKIP LOCKED
+-- under the LIMIT (so concurrent claimers take different rows, and none takes more than it
+-- asked for). A capped function (max_concurrent) is claimed through its counter row, locked
+-- (in name order) before any of its tasks: the claim waits for a claimer or a finishing task
+-- that holds it, briefly (they are single statements; every other transaction locks a
+-- counter row last and no claim waits for a task row, so this wait cannot close a cycle).
+-- Then its lapsed holders (lease expired: they no longer count) lose their slots, and at
+-- most (cap - live holders) of its claimable tasks are locked. Only then are the candidates
+-- of both kinds merged in claim order and cut at $6, so a function at its cap never starves
+-- the work behind it. No COUNT over the tasks table decides anything: the counter does.
+WITH caps AS (
+    -- Capped functions with a claimable task for this worker, and the cap of the first one.
+    SELECT c.step_name, c.holders, head.max_concurrent AS head_cap
+    FROM stent_concurrency AS c
+    CROSS JOIN LATERAL (
+        SELECT t.max_concurrent
+        FROM stent_tasks AS t
+        WHERE t.step_name = c.step_name
+          AND t.max_concurrent IS NOT NULL
+          AND t.state IN ('pending', 'running')
+          AND ((t.state = 'pending' AND t.due_at <= $7)
+               OR (t.state = 'running' AND t.lease_expires_at < $7))
+          AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+        ORDER BY t.priority DESC, t.due_at, t.ordinal
+        LIMIT 1
+    ) AS head
+    ORDER BY c.step_name
+    FOR NO KEY UPDATE OF c
+),
+lapsed AS (
+    -- Slot holders whose lease expired. Locked, so the set cannot change under us; one that
+    -- another transaction holds (it is finishing) keeps counting until it gives its slot back.
+    SELECT t.id, t.step_name
+    FROM caps
+    JOIN stent_tasks AS t ON t.step_name = caps.step_name
+    WHERE t.slot AND t.state = 'running' AND t.lease_expires_at < $7
+      AND t.max_concurrent IS NOT NULL
+    FOR NO KEY UPDATE OF t SKIP LOCKED
+),
+room AS (
+    SELECT caps.step_name, caps.head_cap,
+           caps.holders - (SELECT count(*) FROM lapsed WHERE lapsed.step_name = caps.step_name)
+               AS live
+    FROM caps
+),
+capped AS (
+    SELECT pick.*, room.live,
+           row_number() OVER (PARTITION BY pick.step_name
+                              ORDER BY pick.priority DESC, pick.due_at, pick.ordinal) AS nth
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.step_name, t.max_concurrent, t.priority, t.due_at, t.ordinal
+        FROM stent_tasks AS t
+        WHERE t.step_name = room.step_name
+          AND t.max_concurrent IS NOT NULL
+          AND t.state IN ('pending', 'running')
+          AND ((t.state = 'pending' AND t.due_at <= $7)
+               OR (t.state = 'running' AND t.lease_expires_at < $7))
+          AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+        ORDER BY t.priority DESC, t.due_at, t.ordinal
+        LIMIT least($6, greatest(room.head_cap - room.live, 0))
+        FOR NO KEY UPDATE OF t SKIP LOCKED
+    ) AS pick
+),
+ready AS (
+    SELECT t.id, t.step_name, t.max_concurrent, t.priority, t.due_at, t.ordinal
+    FROM stent_tasks AS t
+    WHERE t.state = 'pending' AND t.max_concurrent IS NULL AND t.due_at <= $7
+      AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+    ORDER BY t.priority DESC, t.due_at, t.ordinal
+    LIMIT $6
+    FOR NO KEY UPDATE SKIP LOCKED
+),
+recovered AS (
+    -- Crash recovery: running tasks whose lease expired (rare; usually no row at all).
+    SELECT t.id, t.step_name, t.max_concurrent, t.priority, t.due_at, t.ordinal
+    FROM stent_tasks AS t
+    WHERE t.state = 'running' AND t.lease_expires_at < $7 AND t.max_concurrent IS NULL
+      AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+    ORDER BY t.priority DESC, t.due_at, t.ordinal
+    LIMIT $6
+    FOR NO KEY UPDATE SKIP LOCKED
+),
+picked AS (
+    SELECT candidate.id, candidate.step_name, candidate.max_concurrent
+    FROM (
+        SELECT id, step_name, max_concurrent, priority, due_at, ordinal FROM ready
+        UNION ALL
+        SELECT id, step_name, max_concurrent, priority, due_at, ordinal FROM recovered
+        UNION ALL
+        SELECT id, step_name, max_concurrent, priority, due_at, ordinal FROM capped
+        WHERE live + nth <= max_concurrent
+    ) AS candidate
+    ORDER BY candidate.priority DESC, candidate.due_at, candidate.ordinal
+    LIMIT $6
+),
+leased AS (
+    UPDATE stent_tasks AS t
+    SET crash_count = t.crash_count + CASE WHEN t.state = 'running' THEN 1 ELSE 0 END,
+        state = 'running',
+        fence = t.fence + 1,
+        worker_id = $1,
+        lease_expires_at = $8,
+        started_at = coalesce(t.started_at, $7),
+        slot = t.max_concurrent IS NOT NULL
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.*
+),
+unslotted AS (
+    -- Lapsed holders not claimed again give their slot back (a row is updated at most once
+    -- per statement: these and the leased rows are disjoint).
+    UPDATE stent_tasks AS t
+    SET slot = false
+    FROM lapsed
+    WHERE t.id = lapsed.id AND NOT EXISTS (SELECT 1 FROM picked WHERE picked.id = lapsed.id)
+),
+counted AS (
+    -- A lapsed holder claimed again keeps its slot (+1 -1); new holders +1; the rest -1.
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders + delta.n
+    FROM (
+        SELECT change.step_name, sum(change.n)::integer AS n
+        FROM (
+            SELECT step_name, 1 AS n FROM picked WHERE max_concurrent IS NOT NULL
+            UNION ALL
+            SELECT step_name, -1 FROM lapsed
+        ) AS change
+        GROUP BY change.step_name
+    ) AS delta
+    WHERE c.step_name = delta.step_name AND delta.n <> 0
+),
+started AS (
+    UPDATE stent_executions AS e
+    SET state = 'running',
+        started_at = $7,
+        progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
+                        ELSE e.progress END || $9::jsonb
+    FROM leased
+    WHERE leased.parent_id IS NULL AND e.id = leased.execution_id AND e.state = 'pending'
+)
+SELECT * FROM leased ORDER BY priority DESC, due_at, ordinal;
+
+-- insert_step --
+-- Insert-if-absent on the step key, only while the parent is held at its fence. The parent
+-- is read FOR SHARE: a claim that would take it over (or a suspension) must wait for this
+-- insert to commit, so no child is ever added under a stale fence. In the same statement:
+-- a step born running under a lease of a capped function holds a slot (as in the reference
+-- backend, a lease given by the engine is not checked against the cap); a step born failed
+-- with a reason ($30) gets its dead letter; a step born pending with retries > 0 (a retry
+-- waiting for due_at) is logged like any retry.
+-- Returns the new row (created = true) or the row already at the key (created = false);
+-- nothing when the parent is not held, or when the key was taken by a transaction that
+-- committed after this statement began (the caller tells those apart).
+-- $1 parent_id, $2 parent_fence, $3 id, $4 parent_attempt, $5 seq, $6 step_name, $7 kind,
+-- $8 state, $9 args, $10 arg_digest, $11 result, $12 queue, $13 tags, $14 priority,
+-- $15 due_at, $16 retry_policy, $17 timeout_s, $18 max_concurrent, $19 idempotency_key,
+-- $20 now, $21 finished_at, $22 worker_id, $23 lease_expires_at, $24 fence, $25 started_at,
+-- $26 slot, $27 error, $28 attempt, $29 retries, $30 dead-letter reason, $31 now (ISO text).
+WITH parent AS (
+    SELECT id, execution_id
+    FROM stent_tasks
+    WHERE id = $1 AND fence = $2 AND state = 'running'
+    FOR SHARE
+),
+inserted AS (
+    INSERT INTO stent_tasks (
+        id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+        arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+        max_concurrent, idempotency_key, created_at, finished_at, worker_id,
+        lease_expires_at, fence, started_at, slot, error, attempt, retries)
+    SELECT $3, parent.execution_id, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+           $16::jsonb, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29
+    FROM parent
+    ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
+    RETURNING *
+),
+dead AS (
+    INSERT INTO stent_dead_letters AS d (
+        task_id, execution_id, step_name, queue, reason, error, created_at, retries)
+    SELECT id, execution_id, step_name, queue, $30, error, $20, retries
+    FROM inserted
+    WHERE inserted.state = 'failed' AND $30::text IS NOT NULL
+    ON CONFLICT (task_id) DO UPDATE SET
+        execution_id = excluded.execution_id,
+        step_name = excluded.step_name,
+        queue = excluded.queue,
+        reason = excluded.reason,
+        error = excluded.error,
+        created_at = excluded.created_at,
+        retries = excluded.retries
+),
+logged AS (
+    UPDATE stent_executions AS e
+    SET progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
+                        ELSE e.progress END
+                   || jsonb_build_array(jsonb_build_object(
+                          'event', 'retrying', 'at', $31::text, 'task_id', inserted.id,
+                          'step', inserted.step_name, 'attempt', inserted.attempt))
+    FROM inserted
+    WHERE inserted.state = 'pending' AND inserted.retries > 0
+      AND e.id = inserted.execution_id
+    RETURNING e.id
+),
+counter AS (
+    -- A capped function has a counter row from its first capped task on (no lock taken
+    -- when it exists already).
+    INSERT INTO stent_concurrency (step_name)
+    SELECT step_name FROM inserted WHERE max_concurrent IS NOT NULL AND NOT slot
+    ON CONFLICT DO NOTHING
+),
+holder AS (
+    -- Last lock of the statement (see the header): after "logged".
+    INSERT INTO stent_concurrency AS c (step_name, holders)
+    SELECT step_name, 1 FROM inserted
+    WHERE slot AND (SELECT count(*) FROM logged) >= 0
+    ON CONFLICT (step_name) DO UPDATE SET holders = c.holders + 1
+)
+SELECT true AS created, inserted.* FROM inserted
+UNION ALL
+SELECT false AS created, t.*
+FROM parent
+JOIN stent_tasks AS t ON t.parent_id = parent.id AND t.parent_attempt = $4 AND t.seq = $5
+WHERE NOT EXISTS (SELECT 1 FROM inserted);
+
+-- task_is_held --
+-- $1 id, $2 fence.
+SELECT EXISTS (SELECT 1 FROM stent_tasks WHERE id = $1 AND fence = $2 AND state = 'running');
+
+-- task_by_step_key --
+-- $1 parent_id, $2 parent_attempt, $3 seq.
+SELECT * FROM stent_tasks WHERE parent_id = $1 AND parent_attempt = $2 AND seq = $3;
+
+-- load_steps --
+-- $1 parent_id, $2 attempt.
+SELECT id, seq, step_name, kind, arg_digest, state, result, error
+FROM stent_tasks
+WHERE parent_id = $1 AND parent_attempt = $2
+ORDER BY seq;
+
+-- complete_task --
+-- Record a result (fenced), wake a suspended parent or complete the execution, give back the
+-- slot: one call to stent_finish_task (schema/postgres), whose statements each see a fresh
+-- snapshot, which is what makes the wake-up impossible to lose (see suspend_task).
+-- $1 id, $2 fence, $3 result, $4 now, $5 progress ([completed entry]).
+SELECT stent_finish_task($1, $2, 'completed', $3, NULL, $4, NULL, $5::jsonb);
+
+-- fail_task --
+-- Record a final failure (fenced), with a dead letter when $4 (the reason) is not NULL; wake
+-- the parent or fail the execution; give back the slot (see complete_task).
+-- $1 id, $2 fence, $3 error, $4 dead-letter reason, $5 now, $6 progress ([failed entry]).
+SELECT stent_finish_task($1, $2, 'failed', NULL, $3, $5, $4, $6::jsonb);
+
+-- retry_task --
+-- Schedule the next attempt (fenced), log it, give back the slot.
+-- $1 id, $2 fence, $3 error, $4 due_at, $5 now (ISO text, for the progress entry).
+WITH done AS (
+    UPDATE stent_tasks
+    SET state = 'pending', error = $3, due_at = $4, attempt = attempt + 1,
+        retries = retries + 1, worker_id = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND fence = $2 AND state = 'running'
+    RETURNING id, execution_id, step_name, attempt, slot
+),
+logged AS (
+    UPDATE stent_executions AS e
+    SET progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
+                        ELSE e.progress END
+                   || jsonb_build_array(jsonb_build_object(
+                          'event', 'retrying', 'at', $5::text, 'task_id', done.id,
+                          'step', done.step_name, 'attempt', done.attempt))
+    FROM done
+    WHERE e.id = done.execution_id
+    RETURNING e.id
+),
+freed AS (
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders - 1
+    FROM done
+    WHERE done.slot AND c.step_name = done.step_name
+      AND (SELECT count(*) FROM logged) >= 0
+)
+SELECT count(*) FROM done;
+
+-- release_task --
+-- Give a running task back (fenced): pending, same attempt. $1 id, $2 fence.
+WITH done AS (
+    UPDATE stent_tasks
+    SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND fence = $2 AND state = 'running'
+    RETURNING step_name, slot
+),
+freed AS (
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders - 1
+    FROM done
+    WHERE done.slot AND c.step_name = done.step_name
+)
+SELECT count(*) FROM done;
+
+-- suspend_task --
+-- Drop the lease of a task waiting on $3 (fenced): 'waiting', or 'pending' at once if one of
+-- them has already finished. $1 id, $2 fence, $3 awaited ids, $4 now (ISO text).
+--
+-- No lost wake-up: the task is locked first, then the awaited children FOR SHARE, which
+-- waits for any completion in flight (it holds the child's row) and returns the children's
+-- newest versions. A child that finishes later must wait for this statement to commit
+-- before it can lock its own row; the parent's wake-up, a later statement of
+-- stent_finish_task, then sees this task 'waiting'.
+WITH held AS (
+    SELECT id
+    FROM stent_tasks
+    WHERE id = $1 AND fence = $2 AND state = 'running'
+    FOR NO KEY UPDATE
+),
+awaited AS (
+    SELECT child.state
+    FROM stent_tasks AS child
+    WHERE child.id = ANY ($3::text[]) AND EXISTS (SELECT 1 FROM held)
+    ORDER BY child.ordinal
+    FOR SHARE
+),
+done AS (
+    UPDATE stent_tasks AS t
+    SET state = CASE WHEN EXISTS (
+                    SELECT 1 FROM awaited
+                    WHERE awaited.state IN ('completed', 'failed', 'cancelled'))
+                THEN 'pending' ELSE 'waiting' END,
+        worker_id = NULL,
+        lease_expires_at = NULL
+    FROM held
+    WHERE t.id = held.id
+    RETURNING t.id, t.state, t.execution_id, t.step_name, t.slot
+),
+logged AS (
+    UPDATE stent_executions AS e
+    SET progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
+                        ELSE e.progress END
+                   || jsonb_build_array(jsonb_build_object(
+                          'event', 'waiting', 'at', $4::text, 'task_id', done.id,
+                          'step', done.step_name))
+    FROM done
+    WHERE done.state = 'waiting' AND e.id = done.execution_id
+    RETURNING e.id
+),
+freed AS (
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders - 1
+    FROM done
+    WHERE done.slot AND c.step_name = done.step_name
+      AND (SELECT count(*) FROM logged) >= 0
+)
+SELECT count(*) FROM done;
+
+-- renew_leases --
+-- Extend the leases of ($2[i], $3[i]) held by worker $1 until $4; returns the ids renewed.
+-- Rows are locked in ordinal order (ancestors first, as everywhere). A capped task whose
+-- slot lapsed while its lease had expired takes a slot again: it is live once more, and
+-- counts (the cap may be exceeded by it, as in the reference backend).
+WITH held AS (
+    SELECT t.id, t.slot
+    FROM stent_tasks AS t
+    JOIN unnest($2::text[], $3::integer[]) AS h (id, fence) ON t.id = h.id AND t.fence = h.fence
+    WHERE t.state = 'running' AND t.worker_id = $1
+    ORDER BY t.ordinal
+    FOR NO KEY UPDATE OF t
+),
+renewed AS (
+    UPDATE stent_tasks AS t
+    SET lease_expires_at = $4,
+        slot = t.max_concurrent IS NOT NULL
+    FROM held
+    WHERE t.id = held.id
+    RETURNING t.id, t.step_name, t.slot AND NOT held.slot AS regained
+),
+counted AS (
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders + regained.n
+    FROM (SELECT step_name, count(*)::integer AS n FROM renewed WHERE regained
+          GROUP BY step_name) AS regained
+    WHERE c.step_name = regained.step_name
+)
+SELECT id FROM renewed;
+
+-- get_outcomes --
+-- $1 task ids.
+SELECT id, state, result, error
+FROM stent_tasks
+WHERE id = ANY ($1::text[]) AND state IN ('completed', 'failed', 'cancelled');
+
+-- get_execution --
+-- $1 id.
+SELECT * FROM stent_executions WHERE id = $1;
+
+-- list_executions --
+-- $1 state (NULL: all), $2 limit, $3 offset.
+SELECT * FROM stent_executions
+WHERE $1::text IS NULL OR state = $1
+ORDER BY created_at DESC, ordinal DESC
+LIMIT $2 OFFSET $3;
+
+-- get_task --
+-- $1 id.
+SELECT * FROM stent_tasks WHERE id = $1;
+
+-- update_task --
+-- An operator override (see the deployment guide): stent_update_task (schema/postgres).
+-- $1 id, $2 state, $3 worker_id, $4 lease_expires_at, $5 due_at, $6 priority, $7 queue,
+-- $8 tags, $9 retries, $10 crash_count. Returns the new fence, NULL for an unknown task.
+SELECT stent_update_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+
+-- list_tasks_for_execution --
+-- $1 execution_id.
+SELECT * FROM stent_tasks WHERE execution_id = $1 ORDER BY ordinal;
+
+-- count_tasks --
+-- $1 queue (NULL: every queue), $2 state (NULL: every state).
+SELECT count(*) FROM stent_tasks
+WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2);
+
+-- count_executions --
+-- $1 state (NULL: every state).
+SELECT count(*) FROM stent_executions WHERE $1::text IS NULL OR state = $1;
+
+-- queue_depth --
+-- $1 queue (NULL: the default queue).
+SELECT count(*) FROM stent_tasks WHERE state = 'pending' AND queue IS NOT DISTINCT FROM $1;
+
+-- cleanup_executions --
+-- Delete terminal executions finished before $1, with their tasks and dead letters, in one
+-- statement. The executions are deleted first (their WHERE clause re-checked on the newest
+-- version: an execution a dead-letter replay revived meanwhile is kept), then what belongs
+-- to them. Slot holders among the deleted tasks give their slots back.
+WITH gone AS (
+    DELETE FROM stent_executions
+    WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled') AND finished_at < $1
+    RETURNING id
+),
+gone_tasks AS (
+    DELETE FROM stent_tasks AS t
+    USING gone
+    WHERE t.execution_id = gone.id
+    RETURNING t.step_name, t.slot AND t.state = 'running' AS held
+),
+gone_dead AS (
+    DELETE FROM stent_dead_letters AS d
+    USING gone
+    WHERE d.execution_id = gone.id
+),
+freed AS (
+    UPDATE stent_concurrency AS c
+    SET holders = c.holders - released.n
+    FROM (SELECT step_name, count(*)::integer AS n FROM gone_tasks WHERE held
+          GROUP BY step_name) AS released
+    WHERE c.step_name = released.step_name
+)
+SELECT count(*) FROM gone;
+
+-- cleanup_dead_letters --
+-- $1 cutoff.
+WITH gone AS (DELETE FROM stent_dead_letters WHERE created_at < $1 RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- list_dead_letters --
+-- Newest first; equal times keep insertion order, like a stable sort. $1 limit.
+SELECT * FROM stent_dead_letters ORDER BY created_at DESC, ordinal LIMIT $1;
+
+-- get_dead_letter --
+-- $1 task_id.
+SELECT * FROM stent_dead_letters WHERE task_id = $1;
+
+-- discard_dead_letter --
+-- $1 task_id.
+DELETE FROM stent_dead_letters WHERE task_id = $1 RETURNING task_id;
+
+-- take_dead_letter_for_replay --
+-- Only a task that is still failed can be replayed; otherwise the entry stays. The task is
+-- locked first (FOR NO KEY UPDATE), so its state cannot change before the reset below.
+-- $1 task_id.
+WITH failed AS (
+    SELECT id FROM stent_tasks WHERE id = $1 AND state = 'failed' FOR NO KEY UPDATE
+)
+DELETE FROM stent_dead_letters AS d
+USING failed
+WHERE d.task_id = failed.id
+RETURNING d.task_id;
+
+-- reset_task_for_replay --
+-- $1 task_id, $2 reset_retries, $3 set_queue, $4 queue, $5 now.
+UPDATE stent_tasks
+SET state = 'pending',
+    attempt = attempt + 1,
+    retries = CASE WHEN $2 THEN 0 ELSE retries END,
+    queue = CASE WHEN $3 THEN $4 ELSE queue END,
+    crash_count = 0,
+    due_at = $5,
+    error = NULL,
+    finished_at = NULL,
+    worker_id = NULL,
+    lease_expires_at = NULL,
+    fence = fence + 1
+WHERE id = $1
+RETURNING parent_id, execution_id;
+
+-- revive_ancestor --
+-- A caller that failed because of the replayed task resumes by replay at the same attempt.
+-- $1 id.
+UPDATE stent_tasks
+SET state = 'waiting', error = NULL, finished_at = NULL, fence = fence + 1
+WHERE id = $1 AND state = 'failed'
+RETURNING parent_id;
+
+-- revive_execution --
+-- $1 execution_id, $2 progress ([running entry]).
+UPDATE stent_executions
+SET state = 'running',
+    error = NULL,
+    finished_at = NULL,
+    progress = CASE WHEN jsonb_array_length(progress) >= 100 THEN progress - 0
+                    ELSE progress END || $2::jsonb
+WHERE id = $1 AND state = 'failed';
