@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from stent import Result, Stent
 from stent.steps import decode_call
 from stent_testing.pg import create_test_backend, dispose_test_backend

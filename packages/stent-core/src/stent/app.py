@@ -167,6 +167,10 @@ class Stent:
         self.registry = function_registry if function_registry is not None else default_registry
         self.metrics = metrics
         self.clock: Clock = clock if clock is not None else SystemClock()
+        watch_busy = getattr(self.clock, "watch_busy", None)
+        if callable(watch_busy) and hasattr(backend, "in_flight"):
+            # a test clock must not think the program idle while a database call is out
+            watch_busy(lambda: backend.in_flight > 0)
         self.tracer_provider = tracer_provider
         self.max_payload_bytes = max_payload_bytes
         self.max_crash_recoveries = max_crash_recoveries

@@ -180,6 +180,8 @@ class StepRecord:
     state: str
     result: bytes | None
     error: bytes | None
+    #: when it is (or was) due: a replayed timer needs it to wake on time
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,6 +234,8 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     if rec is not None:
         _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
         if rec.state not in ("completed", "failed", "cancelled"):
+            if rec.due_at is not None:
+                ctx.worker.timer_scheduled(rec.due_at)
             outcome_value(executor, await _await_child(ctx, rec.task_id))
         return
     now = executor.clock.now()

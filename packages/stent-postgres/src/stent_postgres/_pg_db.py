@@ -110,6 +110,8 @@ class PostgresDatabase:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        #: calls holding a connection right now (a test clock waits for them)
+        self.in_flight = 0
         self.stats: dict[str, int] = {"statements": 0, "transactions": 0}
         self._pool: _Pool | None = None
         self._opening: asyncio.Lock | None = None
@@ -166,6 +168,15 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
+        self.in_flight += 1
+        try:
+            async with self._pooled_connection() as conn:
+                yield conn
+        finally:
+            self.in_flight -= 1
+
+    @asynccontextmanager
+    async def _pooled_connection(self) -> AsyncIterator[Any]:
         pool = await self._get_pool()
         failure: BaseException | None = None
         pool.users += 1

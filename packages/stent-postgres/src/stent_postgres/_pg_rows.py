@@ -165,6 +165,7 @@ def step_from_row(row: Row) -> StepRecord:
         state=row["state"],
         result=row["result"],
         error=row["error"],
+        due_at=utc(row["due_at"]),
     )
 
 

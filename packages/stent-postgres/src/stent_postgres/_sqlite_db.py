@@ -151,6 +151,8 @@ class SQLiteDatabase:
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
+        #: calls on the connection thread right now (a test clock waits for them)
+        self.in_flight = 0
         self.stats: dict[str, int] = {"batches": 0, "commits": 0, "operations": 0}
         self._conn: aiosqlite.Connection | None = None
         self._opening: asyncio.Lock | None = None
@@ -224,12 +226,17 @@ class SQLiteDatabase:
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(raw connection)`` on the connection thread: one hop."""
-        conn = await self._connection()
-        raw = conn._conn  # the sqlite3.Connection that lives on aiosqlite's thread
-        # aiosqlite has no public "run this callable on your thread"; _execute is the method
-        # its own Cursor uses for exactly that. tests/backends/test_sqlite_specific.py pins it.
-        execute = cast(Callable[..., Any], conn._execute)
-        return cast(T, await execute(fn, raw))
+        self.in_flight += 1
+        try:
+            conn = await self._connection()
+            raw = conn._conn  # the sqlite3.Connection that lives on aiosqlite's thread
+            # aiosqlite has no public "run this callable on your thread"; _execute is the
+            # method its own Cursor uses for exactly that. tests/backends/test_sqlite_specific.py
+            # pins it.
+            execute = cast(Callable[..., Any], conn._execute)
+            return cast(T, await execute(fn, raw))
+        finally:
+            self.in_flight -= 1
 
     async def migrate(self) -> int:
         """Apply pending migrations; returns the schema version."""

@@ -155,6 +155,7 @@ def step_from_row(row: sqlite3.Row) -> StepRecord:
         state=row["state"],
         result=row["result"],
         error=row["error"],
+        due_at=utc(row["due_at"]),
     )
 
 

@@ -59,6 +59,11 @@ class SQLiteBackend:
         """The database path as given."""
         return self._db.path
 
+    @property
+    def in_flight(self) -> int:
+        """Database calls under way right now (the testing kit's clock waits for them)."""
+        return self._db.in_flight
+
     def __repr__(self) -> str:
         return f"SQLiteBackend({self._db.path!r})"
 

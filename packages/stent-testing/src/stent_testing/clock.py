@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import importlib
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +59,7 @@ class FakeClock:
         self._hints: list[float] = []
         self._seq = itertools.count()
         self._activity = 0
+        self._busy_probes: list[Callable[[], bool]] = []
         self._driver: asyncio.Task[None] | None = None
         #: how many ``advance`` calls are running: the auto-advance driver waits for them
         self._advancing = 0
@@ -178,6 +180,14 @@ class FakeClock:
         heapq.heapify(keep)
         self._sleepers = keep
 
+    def watch_busy(self, probe: Callable[[], bool]) -> None:
+        """Also count the program as busy while ``probe()`` is true (a backend with calls in
+        flight: a database round trip can outlast the quiet period)."""
+        self._busy_probes.append(probe)
+
+    def _busy(self) -> bool:
+        return any(probe() for probe in self._busy_probes)
+
     async def _settle(self) -> None:
         """Let woken code run until the program goes quiet."""
         for _ in range(1000):
@@ -185,7 +195,7 @@ class FakeClock:
             for _ in range(20):
                 await asyncio.sleep(0)
             await asyncio.sleep(self.quiet_period)
-            if self._activity == before:
+            if self._activity == before and not self._busy():
                 return
 
     def _ensure_driver(self) -> None:
@@ -201,7 +211,7 @@ class FakeClock:
         while self._auto:
             before = self._activity
             await asyncio.sleep(self.quiet_period)
-            if self._activity != before or self._advancing:
+            if self._activity != before or self._advancing or self._busy():
                 continue
             stop = self._next_stop(include_polls=False)
             if stop is None:

@@ -216,7 +216,7 @@ class InMemoryBackend:
             c = self._tasks.get(cid)
             if c is not None and c.parent_attempt == attempt:
                 out.append(StepRecord(c.id, c.seq, c.step_name, c.kind, c.arg_digest, c.state,
-                                      c.result, c.error))
+                                      c.result, c.error, c.due_at))
         out.sort(key=lambda s: s.seq)
         return out
 

@@ -61,7 +61,7 @@ async def make_backend(kind: str, tmp_path: Path) -> Backend:
         from .pg import create_test_backend
 
         # Its own schema, already initialised; dispose_test_backend drops it.
-        return await create_test_backend()  # type: ignore[no-any-return]
+        return await create_test_backend()
     else:
         raise ValueError(f"unknown stent backend kind {kind!r}; known: {', '.join(BACKEND_KINDS)}")
     await backend.init_db()

@@ -346,7 +346,7 @@ SELECT * FROM stent_tasks WHERE parent_id = $1 AND parent_attempt = $2 AND seq =
 
 -- load_steps --
 -- $1 parent_id, $2 attempt.
-SELECT id, seq, step_name, kind, arg_digest, state, result, error
+SELECT id, seq, step_name, kind, arg_digest, state, result, error, due_at
 FROM stent_tasks
 WHERE parent_id = $1 AND parent_attempt = $2
 ORDER BY seq;

@@ -117,7 +117,7 @@ SET state = 'running',
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'pending';
 
 -- load_steps --
-SELECT id, seq, step_name, kind, arg_digest, state, result, error
+SELECT id, seq, step_name, kind, arg_digest, state, result, error, due_at
 FROM stent_tasks
 WHERE parent_id = :parent_id AND parent_attempt = :attempt
 ORDER BY seq;
