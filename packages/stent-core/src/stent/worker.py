@@ -93,6 +93,7 @@ class Worker:
         self.active = 0
         self.reserved = 0
         self._wake = asyncio.Event()
+        self._housekeeping_wake = asyncio.Event()
         # Whether claimable work may be waiting in storage. A freed slot only wakes the
         # claim loop when it is set: otherwise an empty claim (a write transaction) is wasted.
         self._backlog = True
@@ -275,6 +276,8 @@ class Worker:
                 self.active -= 1
         rt = rt or RunningTask(task)
         self.running[task.id] = rt
+        if len(self.running) == 1:
+            self._housekeeping_wake.set()
         self.active += 1
         self._sync_lifecycle()
         rt.task = asyncio.get_running_loop().create_task(
@@ -365,10 +368,16 @@ class Worker:
         tick = min(self.heartbeat_s, max(self.suspend_after / 2, 0.01))
         last_beat = ex.clock.monotonic()
         while True:
-            if self.running:
-                await ex.clock.sleep(tick)
-            else:  # nothing to renew or suspend: only a look-again
-                await poll_sleep(ex.clock, tick)
+            busy = bool(self.running)
+            # With nothing to renew or suspend this is only a look-again (a poll), which a
+            # test clock may wake late; the first task to start wakes it, so that heartbeats
+            # then run on a real timer.
+            woke = await sleep_or_event(ex, tick, self._housekeeping_wake, poll=not busy)
+            if woke:
+                self._housekeeping_wake.clear()
+                if not busy:
+                    last_beat = ex.clock.monotonic()
+                continue
             mono = ex.clock.monotonic()
             if mono - last_beat >= self.heartbeat_s * 0.999 or tick == self.heartbeat_s:
                 last_beat = mono
