@@ -26,6 +26,7 @@ from .errors import (
     ExpiryError,
     UnregisteredFunctionError,
 )
+from .health import HealthServer, metrics_text_of
 from .inspection import ExecutionState, execution_state, export_history
 from .lifecycle import WorkerLifecycle
 from .names import check_priority, check_queue, check_tags
@@ -186,6 +187,8 @@ class Stent:
         self._ready: asyncio.Event | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._notifications_started = False
+        #: health endpoints of running workers (their ``port`` is known once started)
+        self.health_servers: list[HealthServer] = []
 
     # -- the default executor ------------------------------------------------------------------
     @classmethod
@@ -495,11 +498,22 @@ class Stent:
     async def serve(self, **kwargs: Any) -> None:
         """Run a worker until cancelled or drained. See SPEC §7 for the options."""
         health_port = kwargs.pop("health_port", None)
-        if health_port is not None:
-            raise NotImplementedError("serve(health_port=...) is not available in this version")
+        health_host = kwargs.pop("health_host", "0.0.0.0")
         worker = Worker(self, **kwargs)
-        await self._start_notifications()
-        await worker.run()
+        health: HealthServer | None = None
+        if health_port is not None:
+            lifecycle = worker.lifecycle
+            health = HealthServer(lambda: lifecycle.ready, metrics_text_of(self.metrics),
+                                  host=health_host, port=health_port)
+            await health.start()
+            self.health_servers.append(health)
+        try:
+            await self._start_notifications()
+            await worker.run()
+        finally:
+            if health is not None:
+                await health.close()
+                self.health_servers.remove(health)
 
     def register_worker(self, worker: Worker) -> None:
         """Called by a worker when it starts."""

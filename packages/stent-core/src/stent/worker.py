@@ -382,11 +382,28 @@ class Worker:
             if mono - last_beat >= self.heartbeat_s * 0.999 or tick == self.heartbeat_s:
                 last_beat = mono
                 await self._heartbeat()
+                await self._report_gauges()
             for rt in list(self.running.values()):
                 if rt.waiting_since is not None and mono - rt.waiting_since >= self.suspend_after:
                     log.info("suspending task %s after waiting %.0fs", rt.record.id,
                              mono - rt.waiting_since)
                     rt.stop("suspend")
+
+    async def _report_gauges(self) -> None:
+        """Worker and queue-depth gauges for a recorder that wants them."""
+        ex = self.executor
+        if ex.metrics is None:
+            return
+        ex.metric("worker_state", worker=self.lifecycle.name, active_tasks=len(self.running),
+                  ready=self.lifecycle.ready)
+        if callable(getattr(ex.metrics, "queue_depth", None)):
+            for queue in self.queues or (None,):
+                try:
+                    depth = await ex.backend.queue_depth(queue)
+                except Exception as exc:
+                    self.storage_trouble(exc)
+                    return
+                ex.metric("queue_depth", queue=queue, depth=depth)
 
     async def _cleanup_loop(self) -> None:
         """Retention: delete finished executions (with their rows) and dead letters older
