@@ -26,13 +26,22 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock, optionally corrected by a measured offset from the database's clock."""
+    """The real clock, corrected by its measured offset from the database's clock.
+
+    Workers measure the offset when they start and every minute after (SPEC §10), so that a
+    machine whose clock is minutes off neither steals leases nor fires timers early.
+    """
 
     def __init__(self) -> None:
+        #: seconds to add to this machine's time to get the database's
         self.offset_s = 0.0
 
+    def raw_time(self) -> float:
+        """This machine's own time (seconds since the epoch), uncorrected."""
+        return time.time()
+
     def now(self) -> datetime:
-        return datetime.fromtimestamp(time.time() + self.offset_s, UTC)
+        return datetime.fromtimestamp(self.raw_time() + self.offset_s, UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()

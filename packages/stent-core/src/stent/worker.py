@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from . import faults
-from .clock import hint_due, poll_sleep
+from .clock import SystemClock, hint_due, poll_sleep
 from .durations import parse_duration
 from .lifecycle import WorkerLifecycle
 from .names import check_queue, check_tags
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .context import TaskContext
 
 log = logging.getLogger("stent.worker")
+
+#: how often workers re-measure their clock's offset from the database's
+_CLOCK_CHECK_S = 60.0
 
 #: a lease is lost strictly after its expiry time
 _TICK = timedelta(microseconds=1)
@@ -125,6 +128,8 @@ class Worker:
         lc = self.lifecycle
         lc.drain_event()
         ex.register_worker(self)
+        await self._correct_clock()  # before the first claim: leases are judged by it
+        clock_loop = asyncio.get_running_loop().create_task(self._clock_loop())
         housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
         cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop())
         try:
@@ -138,6 +143,7 @@ class Worker:
             self._stopping = True
             housekeeping.cancel()
             cleanup.cancel()
+            clock_loop.cancel()
             await self._stop_all("crash" if self._crashed else "shutdown")
             lc.state = "stopped"
             lc.active_tasks = 0
@@ -388,6 +394,31 @@ class Worker:
                     log.info("suspending task %s after waiting %.0fs", rt.record.id,
                              mono - rt.waiting_since)
                     rt.stop("suspend")
+
+    async def _correct_clock(self) -> None:
+        """Measure this machine's offset from the database's clock and correct the system
+        clock by it (the midpoint of the round trip is taken as the moment of the reading)."""
+        clock = self.executor.clock
+        probe = getattr(self.executor.backend, "database_time", None)
+        if not isinstance(clock, SystemClock) or probe is None:
+            return  # a test clock is the truth; a local database shares this machine's clock
+        try:
+            before = clock.raw_time()
+            db_time = await probe()
+            after = clock.raw_time()
+        except Exception as exc:
+            self.storage_trouble(exc)
+            return
+        offset = db_time.timestamp() - (before + after) / 2
+        if abs(offset) >= 1.0 and abs(offset - clock.offset_s) >= 1.0:
+            log.warning("this machine's clock is %.1f s %s the database's; correcting by it",
+                        abs(offset), "behind" if offset > 0 else "ahead of")
+        clock.offset_s = offset
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await poll_sleep(self.executor.clock, _CLOCK_CHECK_S)
+            await self._correct_clock()
 
     async def _report_gauges(self) -> None:
         """Worker and queue-depth gauges for a recorder that wants them."""

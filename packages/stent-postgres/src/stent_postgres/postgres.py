@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, cast
 
 from stent.records import (
     ClaimFilter,
@@ -311,6 +311,11 @@ class PostgresBackend:
     async def count_executions(self, state: str | None = None) -> int:
         """Count executions, optionally only those in ``state``."""
         return await admin.count(self._db, "count_executions", state)
+
+    async def database_time(self) -> datetime:
+        """The database server's clock (workers measure their offset from it, SPEC §10)."""
+        value = await self._db.fetchval("database_time")
+        return cast(datetime, value).astimezone(UTC)
 
     async def queue_depth(self, queue: str | None = None) -> int:
         """Pending tasks in ``queue`` (None: the default queue)."""

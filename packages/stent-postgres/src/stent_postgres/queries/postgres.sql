@@ -631,3 +631,7 @@ SET state = 'running',
     progress = CASE WHEN jsonb_array_length(progress) >= 100 THEN progress - 0
                     ELSE progress END || $2::jsonb
 WHERE id = $1 AND state = 'failed';
+
+-- database_time --
+-- The server's clock, for the engine's clock-offset correction (never for a decision).
+SELECT clock_timestamp();
