@@ -8,7 +8,13 @@ The URL's scheme decides the backend, and nothing is ever guessed:
 * ``memory://`` (an in-process store, gone when the command exits; for trying things out)
 
 Anything else is a :class:`~stent.cli.errors.UsageError`. URLs are only ever shown through
-:func:`mask_url`, so a password never reaches the terminal or a log.
+:func:`mask_url`, so a password never reaches the terminal or a log; and every password this
+module has seen is remembered, so that :func:`scrub` can take it out of any other text (an
+error from a driver, a log line) before it is printed.
+
+PostgreSQL tables live in the schema given by ``--schema`` or ``STENT_SCHEMA`` (default
+``public``). A ``search_path`` in the URL's ``options`` would not work: the backend sets the
+search path of every connection to its own schema.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import UnavailableError, UsageError
 
@@ -27,17 +33,64 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_VARS",
+    "SCHEMA_ENV_VAR",
     "backend_from_url",
     "mask_url",
+    "remember_secrets",
     "resolve_database_url",
+    "resolve_schema",
+    "scrub",
     "sqlite_path_from_url",
 ]
 
 ENV_VARS = ("STENT_DATABASE_URL", "DATABASE_URL")
 """Environment variables consulted, in order, when no ``--db`` is given."""
+SCHEMA_ENV_VAR = "STENT_SCHEMA"
+"""Environment variable naming the PostgreSQL schema when no ``--schema`` is given."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token|sslpassword)=)[^&;#]*")
+_SECRET_QUERY = re.compile(
+    r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|sslpassword)\s*=\s*)"
+    r"('[^']*'|[^&;#\s]*)"
+)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
+#: every password seen in a database URL by this process, longest first once sorted
+_secrets: set[str] = set()
+
+
+def _password_of(url: str) -> str | None:
+    """The password in the user information of ``url`` (``user:password@host``), if any."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        rest = url
+    if "@" not in rest:
+        return None
+    userinfo = rest.rpartition("@")[0]
+    _user, colon, password = userinfo.partition(":")
+    return password if colon and password else None
+
+
+def remember_secrets(url: str) -> None:
+    """Remember every password in ``url`` (and its percent-encoded and decoded forms), for
+    :func:`scrub`."""
+    found = [m.group(2).strip("'") for m in _SECRET_QUERY.finditer(url)]
+    password = _password_of(url)
+    if password is not None:
+        found.append(password)
+    for secret in found:
+        for form in (secret, unquote(secret), quote(secret, safe=""), quote(unquote(secret),
+                                                                            safe="")):
+            if len(form) >= 3:  # shorter ones would blot out ordinary text
+                _secrets.add(form)
+
+
+def scrub(text: str) -> str:
+    """``text`` with the passwords of URLs in it and every remembered password replaced by
+    ``***``: the last line of defence before anything is printed or logged."""
+    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 _EXPECTED = "expected sqlite:///path, postgresql://... or memory://"
 
 
@@ -49,13 +102,14 @@ def mask_url(url: str) -> str:
     masked with it rather than leaked.
     """
     head, sep, rest = url.partition("://")
-    if sep and "@" in rest:
+    if not sep:  # ``user:secret@host/db`` without a scheme: still a password to hide
+        head, rest = "", url
+    if "@" in rest:
         userinfo, _, hostpart = rest.rpartition("@")
         if ":" in userinfo:
             user = userinfo.split(":", 1)[0]
             rest = f"{user}:***@{hostpart}"
-    masked = f"{head}{sep}{rest}" if sep else head
-    return _SECRET_QUERY.sub(r"\1***", masked)
+    return _SECRET_QUERY.sub(r"\1***", f"{head}{sep}{rest}")
 
 
 def resolve_database_url(
@@ -75,10 +129,12 @@ def resolve_database_url(
     """
     env = os.environ if environ is None else environ
     if url:
+        remember_secrets(url)
         return url, "--db"
     for name in ENV_VARS:
         value = env.get(name, "").strip()
         if value:
+            remember_secrets(value)
             return value, name
     raise UsageError(
         "no database given: pass --db URL or set STENT_DATABASE_URL "
@@ -131,13 +187,38 @@ def _load(module: str, attr: str, what: str, dist: str) -> Any:
         ) from exc
 
 
-def backend_from_url(url: str | None, environ: Mapping[str, str] | None = None) -> Backend:
+def resolve_schema(
+    schema: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    """The PostgreSQL schema to use and where it came from.
+
+    Args:
+        schema: the ``--schema`` option, if given (an empty string counts as not given).
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        ``(schema, source)``: source is ``"--schema"`` or ``STENT_SCHEMA``; ``(None, "")``
+        when neither is set (the backend's default, ``public``).
+    """
+    env = os.environ if environ is None else environ
+    if schema:
+        return schema, "--schema"
+    value = env.get(SCHEMA_ENV_VAR, "").strip()
+    return (value, SCHEMA_ENV_VAR) if value else (None, "")
+
+
+def backend_from_url(
+    url: str | None, environ: Mapping[str, str] | None = None, *, schema: str | None = None
+) -> Backend:
     """Make the backend a database URL names (see the module docstring).
 
     Args:
         url: the ``--db`` option; None (or empty) falls back to ``STENT_DATABASE_URL``, then
             ``DATABASE_URL``.
         environ: the environment to read (default ``os.environ``).
+        schema: the ``--schema`` option; None falls back to ``STENT_SCHEMA``, then
+            ``public``. Only PostgreSQL has schemas: giving ``--schema`` with another
+            database is a usage error (``STENT_SCHEMA`` is then ignored).
 
     Returns:
         An unopened backend; call ``await backend.init_db()`` or just use it.
@@ -150,6 +231,9 @@ def backend_from_url(url: str | None, environ: Mapping[str, str] | None = None) 
     resolved, source = resolve_database_url(url, environ)
     scheme = _scheme_of(resolved)
     shown = mask_url(resolved)
+    chosen_schema, schema_source = resolve_schema(schema, environ)
+    if schema_source == "--schema" and scheme not in ("postgresql", "postgres"):
+        raise UsageError(f"--schema is for PostgreSQL databases, not {shown!r}")
     if scheme == "sqlite":
         path = sqlite_path_from_url(resolved)
         cls = _load("stent_postgres", "SQLiteBackend", "a sqlite:// database", "stent-postgres")
@@ -157,7 +241,12 @@ def backend_from_url(url: str | None, environ: Mapping[str, str] | None = None) 
     if scheme in ("postgresql", "postgres"):
         cls = _load("stent_postgres", "PostgresBackend", "a postgresql:// database",
                     "stent-postgres")
-        return cls(resolved)  # type: ignore[no-any-return]
+        if chosen_schema is None:
+            return cls(resolved)  # type: ignore[no-any-return]
+        try:
+            return cls(resolved, schema=chosen_schema)  # type: ignore[no-any-return]
+        except ValueError as exc:  # an invalid schema name; the message names the schema
+            raise UsageError(f"{exc} (from {schema_source})") from None
     if scheme == "memory":
         if resolved.lower().rstrip("/") not in ("memory:", "memory:/"):
             raise UsageError(f"invalid database URL {shown!r} (from {source}): write memory://")

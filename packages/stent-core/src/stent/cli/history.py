@@ -7,17 +7,15 @@ tests/golden/order.json``) and replay it in CI with ``stent_testing.replay``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 from stent import Stent
 from stent.errors import ExecutionNotFound, StentError
 
-from .dburl import ENV_VARS, backend_from_url, resolve_database_url, sqlite_path_from_url
 from .errors import EXIT_OK, CliError, UsageError
+from .session import add_db_options, open_backend, run_async
 
 __all__ = ["register"]
 
@@ -41,11 +39,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     export.add_argument("execution_id", metavar="ID", help="the execution id")
-    export.add_argument(
-        "--db", metavar="URL", default=None,
-        help=f"database URL (sqlite:///path, postgresql://..., memory://); default "
-             f"{' then '.join(ENV_VARS)}",
-    )
+    add_db_options(export)
     export.add_argument("--compact", action="store_true",
                         help="one line of JSON instead of indented output")
     export.set_defaults(handler=run_export)
@@ -58,14 +52,9 @@ def _missing_command(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """The ``stent history export`` handler."""
-    url, _ = resolve_database_url(args.db)
-    if url.lower().startswith("sqlite:"):
-        path = sqlite_path_from_url(url)
-        if path != ":memory:" and not os.path.exists(path):
-            # Opening it would create an empty database file: say what is wrong instead.
-            raise CliError(f"no SQLite database at {path}")
-    backend = backend_from_url(url)
-    history = asyncio.run(_export(backend, args.execution_id))
+    # A missing SQLite file is reported, not created: exporting only reads.
+    backend = open_backend(args)
+    history = run_async(_export(backend, args.execution_id))
     if args.compact:
         text = json.dumps(history, separators=(",", ":"))
     else:
