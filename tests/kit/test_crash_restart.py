@@ -24,6 +24,11 @@ async def test_a_dead_worker_stays_dead_without_auto_restart(
     crash.auto_restart = False
     crash.at("before_step", step=charge)
     eid = await stent_worker.dispatch(order, "o-1")
+    for _ in range(1000):  # the crash comes after ten minutes of fake time: wait for it
+        if crash.crashes:
+            break
+        await asyncio.sleep(0.01)
+    assert crash.crashes, "the injected crash never happened"
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(stent_worker.wait_for(eid), 0.3)
     assert crash.supervisor is not None and not crash.supervisor.alive

@@ -21,6 +21,7 @@ from .durable import DurableFunction, default_registry
 from .durable import durable as _durable
 from .durations import parse_duration, parse_optional_duration
 from .errors import (
+    ExecutionCancelledError,
     ExecutionNotFinished,
     ExecutionNotFound,
     ExpiryError,
@@ -41,7 +42,7 @@ from .records import (
 )
 from .registry import FunctionRegistry
 from .result import Result
-from .serialization import Serializer, decode_error, resolve_serializer
+from .serialization import Serializer, decode_error, encode_error, resolve_serializer
 from .waiting import CompletionHub
 from .worker import Worker
 
@@ -282,6 +283,7 @@ class Stent:
         eid, created = await self.backend.create_execution(new, self.clock.now())
         if created:
             self._announce_work(new.root.due_at)
+            self._announce_deadline(new.deadline)
         return eid
 
     def _new_execution(
@@ -354,6 +356,10 @@ class Stent:
             raise decode_error(ex.error)
         raise decode_error(outcome.error) if outcome.error else RuntimeError(
             f"execution {execution_id} ended {outcome.state}")
+
+    def _announce_deadline(self, deadline: datetime | None) -> None:
+        if deadline is not None:
+            hint_due(self.clock, deadline + timedelta(microseconds=1))
 
     def _announce_work(self, due_at: datetime) -> None:
         hint_due(self.clock, due_at)
@@ -448,6 +454,37 @@ class Stent:
             raise ValueError(f"invalid execution state {state!r}")
         rows = await self.backend.list_executions(limit=limit, offset=offset, state=state)
         return [execution_state(self, ex, None) for ex in rows]
+
+    async def cancel(self, execution_id: str) -> str:
+        """Cancel an execution (SPEC §8): a pending or running one becomes ``cancelling``;
+        its pending steps are cancelled, every running step receives
+        ``asyncio.CancelledError`` (here at once, on other workers at their next heartbeat or
+        notification), and it ends ``cancelled`` with an ``ExecutionCancelledError``.
+        Cancelling a finished execution is a no-op.
+
+        Returns:
+            The execution's state after the call.
+        """
+        if not isinstance(execution_id, str) or not execution_id:
+            raise ExecutionNotFound(f"invalid execution id {execution_id!r}")
+        error = encode_error(ExecutionCancelledError(f"execution {execution_id} was cancelled"))
+        state = await self.backend.cancel_execution(execution_id, error, self.clock.now())
+        if state is None:
+            raise ExecutionNotFound(f"no execution with id {execution_id!r}")
+        self.stop_local_tasks([execution_id], "cancel")
+        self.publish("cancel", execution_id)
+        self.publish("done", execution_id)
+        if state == "cancelled":
+            self.hub.resolve(TaskOutcome(execution_id, "cancelled", None, error))
+        return state
+
+    def stop_local_tasks(self, execution_ids: Sequence[str], reason: str) -> None:
+        """Stop this process's running tasks of these executions."""
+        wanted = set(execution_ids)
+        for w in self._workers:
+            for rt in list(w.running.values()):
+                if rt.record.execution_id in wanted:
+                    rt.stop(reason)
 
     async def queue_depth(self, queue: str | None = None) -> int:
         """Pending tasks in ``queue`` (None: the default queue)."""
@@ -598,6 +635,8 @@ class Stent:
                 self.hub.notify_done(ids)
                 for w in self._workers:
                     w.wake()
+            elif channel == "cancel":
+                self.stop_local_tasks(ids, "cancel")
 
         try:
             await nb.start(on_message)

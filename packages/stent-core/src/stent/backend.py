@@ -93,7 +93,30 @@ class Backend(Protocol):
     async def renew_leases(
         self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: datetime
     ) -> set[str]:
-        """Extend the leases of ``(task_id, fence)`` pairs; return the ids no longer held."""
+        """Extend the leases of ``(task_id, fence)`` pairs; return the ids no longer held
+        (tasks of stopping executions are cancelled here and reported lost)."""
+
+    async def cancel_execution(self, execution_id: str, error: bytes, now: datetime) -> str | None:
+        """Cancel an execution: a pending or running one becomes ``cancelling`` (storing
+        ``error``) and its pending and waiting tasks ``cancelled``; once none of its tasks
+        runs it is ``cancelled``. A finished one is left alone. Returns its state afterwards,
+        or None if there is no such execution.
+
+        From then on, for a task of a cancelling, cancelled or timed-out execution: no claim
+        takes it, ``create_step`` under it raises ``LeaseLostError``, ``renew_leases`` cancels
+        it and reports it lost, ``retry_task``/``release_task``/``suspend_task`` cancel it,
+        and ``complete_task``/``fail_task`` record it without completing or failing the
+        execution."""
+
+    async def cancel_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        """Record that a running task stopped because its execution is being cancelled
+        (fenced); the execution becomes ``cancelled`` once none of its tasks runs."""
+
+    async def expire_executions(self, error: bytes, now: datetime, limit: int = 100) -> list[str]:
+        """Time out live executions whose deadline passed before ``now``: ``timed_out`` with
+        ``error``, every unfinished task cancelled. Also cancel running tasks of cancelling or
+        finished executions whose lease expired (their workers died). Returns the ids of the
+        executions it timed out."""
 
     async def get_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
         """Outcomes of those of ``task_ids`` that are finished."""

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import NonDeterminismError, NotInExecutionContext
+from .errors import LeaseLostError, NonDeterminismError, NotInExecutionContext
 from .records import StepRecord, TaskRecord
 
 if TYPE_CHECKING:
@@ -44,7 +44,14 @@ class TaskContext:
         durable calls are fenced on it."""
         rt = self.worker.running.get(self.task.id)
         if rt is not None and not rt.materialized and rt.ctx is self:
-            await self.worker.runner.materialize(rt)
+            try:
+                await self.worker.runner.materialize(rt)
+            except LeaseLostError:
+                # its caller lost its lease (or its execution is stopping): this run is over,
+                # and user code sees a cancellation, never Stent's internal error
+                if rt.stop_reason is None:
+                    rt.stop_reason = "lease_lost"
+                raise asyncio.CancelledError() from None
 
     def take_seq(self) -> int:
         """The next step sequence number, in program order."""

@@ -27,6 +27,8 @@ class ExecutionStatus(StrEnum):
 
 
 TERMINAL_EXECUTION_STATES = frozenset({"completed", "failed", "timed_out", "cancelled"})
+#: states in which an execution's tasks may run, start steps, complete or fail it
+LIVE_EXECUTION_STATES = frozenset({"pending", "running"})
 
 
 class TaskStatus(StrEnum):

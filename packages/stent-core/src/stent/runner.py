@@ -138,6 +138,11 @@ class TaskRunner:
                 return
             elif reason == "crash":
                 return
+            elif reason == "cancel":
+                await self._cancelled(rt)
+                return
+            elif reason == "expired":
+                return  # its execution timed out; storage already cancelled it
             elif reason == "lease_lost":
                 log.warning("task %s lost its lease; its outcome is discarded", task.id,
                             extra=log_extra)
@@ -248,6 +253,16 @@ class TaskRunner:
             self._finished(TaskOutcome(task.id, "failed", None, error), task.step_name,
                            task.parent_id)
 
+    async def _cancelled(self, rt: RunningTask) -> None:
+        task = rt.record
+        if not rt.materialized:
+            return  # never written: nothing to cancel in storage
+        ok = await self._write(rt, lambda now: self.executor.backend.cancel_task(
+            task.id, task.fence, now))
+        if ok:
+            self._finished(TaskOutcome(task.id, "cancelled", None, None), task.step_name,
+                           task.parent_id)
+
     async def _suspend(self, rt: RunningTask) -> None:
         task = rt.record
         ctx = rt.ctx
@@ -299,7 +314,11 @@ class TaskRunner:
         if faults.plan is not None:
             faults.plan_hit_sync("after_step_recorded", task_id=outcome.task_id, step=step)
         self.executor.hub.resolve(outcome)
-        self.executor.publish("done", outcome.task_id)
+        if parent_id is None or parent_id not in self.worker.running:
+            # Someone elsewhere may wait for it (an execution's caller, a parent on another
+            # worker, a suspended parent now claimable). A parent running here has just been
+            # handed the outcome: telling other processes would only cost a transaction.
+            self.executor.publish("done", outcome.task_id)
         if parent_id is not None and parent_id not in self.worker.running:
             # The parent is not waiting here in memory: storage made it claimable.
             self.worker.wake()
@@ -344,6 +363,13 @@ class TaskRunner:
             except LeaseLostError:
                 ok = False
             rt.recorded = ok
+            if not ok:
+                # Not recorded (fenced out, or storage unreachable until the caller's lease
+                # ran out): the caller must not wait for a step that will never exist. Give
+                # it back so that it replays and runs the step again.
+                caller = self.worker.running.get(parent_id)
+                if caller is not None and caller.record.fence == parent_fence:
+                    caller.stop("shutdown")
             return ok
 
     async def _insert_finished(

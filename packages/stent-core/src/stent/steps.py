@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .context import TaskContext
-from .errors import ExecutionCancelledError, NonDeterminismError, SerializationError
+from .errors import (
+    ExecutionCancelledError,
+    LeaseLostError,
+    NonDeterminismError,
+    SerializationError,
+)
 from .records import NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
 from .serialization import check_payload_size, decode_error, dumps_with_path
 
@@ -175,7 +180,7 @@ async def _run_step(
         )
         ctx.inflight.add(write)
         write.add_done_callback(ctx.inflight.discard)
-        task, created = await asyncio.shield(write)
+        task, created = await _insert_or_stop(ctx, write)
         if created:
             ctx.worker.wake()
             executor.publish("work", task.id)
@@ -187,6 +192,20 @@ async def _run_step(
             _check_replay(ctx, seq, rec, fn.name, digest)
         outcome = await _finished_or_wait(ctx, task)
     return outcome_value(executor, outcome)
+
+
+async def _insert_or_stop(
+    ctx: TaskContext, write: asyncio.Future[tuple[TaskRecord, bool]]
+) -> tuple[TaskRecord, bool]:
+    """Await a step insert; if storage refuses it because this task lost its lease or its
+    execution is being cancelled, stop this task the way a cancellation would."""
+    try:
+        return await asyncio.shield(write)
+    except LeaseLostError:
+        rt = ctx.worker.running.get(ctx.task.id)
+        if rt is not None and rt.ctx is ctx and rt.stop_reason is None:
+            rt.stop_reason = "lease_lost"
+        raise asyncio.CancelledError() from None
 
 
 async def _finished_or_wait(ctx: TaskContext, task: TaskRecord) -> TaskOutcome:
@@ -213,7 +232,10 @@ async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
     now = executor.clock.now()
     new = _new_step(ctx, seq, name, TaskKind.VALUE, b"", digest, now,
                     state="completed", result=result)
-    task, created = await executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+    write = asyncio.ensure_future(
+        executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
+    )
+    task, created = await _insert_or_stop(ctx, write)
     if not created:
         rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                          task.state, task.result, task.error)
@@ -247,7 +269,7 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
         )
         ctx.inflight.add(write)
         write.add_done_callback(ctx.inflight.discard)
-        task, created = await asyncio.shield(write)
+        task, created = await _insert_or_stop(ctx, write)
         if not created:
             rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
                              task.state, task.result, task.error)

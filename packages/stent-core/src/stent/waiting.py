@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stent.waiting")
 
+#: outages: at most one WARNING per this many seconds, retries at most this far apart
+_WARN_EVERY_S = 30.0
+_MAX_RETRY_S = 5.0
+
 
 class CompletionHub:
     """Futures for task completions, fed locally, by notifications and by polling."""
@@ -31,6 +36,9 @@ class CompletionHub:
         self._waiters: dict[str, list[asyncio.Future[TaskOutcome]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
+        # outage logging: when the last WARNING was written, and whether polls are failing
+        self._last_warning: float | None = None
+        self._failing = False
 
     def watch(self, task_id: str) -> asyncio.Future[TaskOutcome]:
         """A future resolved with ``task_id``'s outcome once it finishes."""
@@ -66,8 +74,10 @@ class CompletionHub:
                 fut.set_result(outcome)
 
     def notify_done(self, ids: Sequence[str]) -> None:
-        """Another process says these tasks finished: fetch their outcomes soon."""
-        if any(i in self._waiters for i in ids):
+        """Another process says these tasks finished: fetch their outcomes soon. No ids
+        means "ids unknown" (a notification connection came back after messages may have
+        been lost): look at every outstanding one."""
+        if not ids or any(i in self._waiters for i in ids):
             self._kick.set()
 
     def outstanding(self) -> list[str]:
@@ -94,9 +104,20 @@ class CompletionHub:
             try:
                 outcomes = await ex.backend.get_outcomes(ids)
             except Exception as exc:  # the poll is the safety net: it must survive outages
-                log.warning("completion poll failed, will retry: %s", exc)
-                interval = min(ex.poll_max_interval, max(interval, 1.0) * ex.poll_backoff_factor)
+                # one WARNING per 30 s, however often it fails; retries at most 5 s apart
+                now = time.monotonic()
+                if self._last_warning is None or now - self._last_warning >= _WARN_EVERY_S:
+                    self._last_warning = now
+                    log.warning("completion poll failed, will retry: %s", exc)
+                else:
+                    log.debug("completion poll failed, will retry: %s", exc)
+                self._failing = True
+                interval = min(ex.poll_max_interval, _MAX_RETRY_S,
+                               max(interval, 1.0) * ex.poll_backoff_factor)
                 continue
+            if self._failing:
+                self._failing = False
+                log.info("completion poll works again")
             for outcome in outcomes:
                 self.resolve(outcome)
             if outcomes or kicked:

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 from . import faults
 from .clock import SystemClock, hint_due, poll_sleep
 from .durations import parse_duration
+from .errors import ExecutionTimeoutError
 from .lifecycle import WorkerLifecycle
 from .names import check_queue, check_tags
-from .records import ClaimFilter, Lease, NewTask, TaskKind, TaskRecord
+from .records import ClaimFilter, Lease, NewTask, TaskKind, TaskOutcome, TaskRecord
 from .runner import RunningTask, TaskRunner
+from .serialization import encode_error
 from .waiting import sleep_or_event
 
 if TYPE_CHECKING:
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from .context import TaskContext
 
 log = logging.getLogger("stent.worker")
+
+#: how often a worker looks for executions past their deadline
+_EXPIRY_SWEEP_S = 1.0
 
 #: how often workers re-measure their clock's offset from the database's
 _CLOCK_CHECK_S = 60.0
@@ -97,6 +102,7 @@ class Worker:
         self.reserved = 0
         self._wake = asyncio.Event()
         self._housekeeping_wake = asyncio.Event()
+        self._last_expiry_sweep = -1e18
         # Whether claimable work may be waiting in storage. A freed slot only wakes the
         # claim loop when it is set: otherwise an empty claim (a write transaction) is wasted.
         self._backlog = True
@@ -313,6 +319,7 @@ class Worker:
         interval = self.poll_interval
         while not self.lifecycle.draining and not self._stopping:
             self._wake.clear()
+            await self._expire_executions()
             free = self._free_slots()
             if free > 0:
                 now = ex.clock.now()
@@ -395,6 +402,27 @@ class Worker:
                              mono - rt.waiting_since)
                     rt.stop("suspend")
 
+    async def _expire_executions(self) -> None:
+        """Time out executions past their ``max_duration`` (at most once a second)."""
+        ex = self.executor
+        mono = ex.clock.monotonic()
+        if mono - self._last_expiry_sweep < _EXPIRY_SWEEP_S:
+            return
+        self._last_expiry_sweep = mono
+        error = encode_error(ExecutionTimeoutError("the execution ran past its max_duration"))
+        try:
+            expired = await ex.backend.expire_executions(error, ex.clock.now())
+        except Exception as exc:
+            self.storage_trouble(exc)
+            return
+        if expired:
+            log.info("timed out %d execution(s) past their max_duration", len(expired))
+            ex.stop_local_tasks(expired, "expired")
+            for eid in expired:
+                ex.hub.resolve(TaskOutcome(eid, "cancelled", None, error))
+                ex.publish("cancel", eid)
+                ex.publish("done", eid)
+
     async def _correct_clock(self) -> None:
         """Measure this machine's offset from the database's clock and correct the system
         clock by it (the midpoint of the round trip is taken as the moment of the reading)."""
@@ -473,6 +501,13 @@ class Worker:
             return
         self._storage_ok()
         held_fences = dict(held)
+        for child in self.running.values():
+            # inline steps not yet written ride on their callers' leases: their recording
+            # deadline moves with them
+            if (not child.materialized and child.inline_parent is not None
+                    and child.inline_parent[0] in held_fences
+                    and child.inline_parent[0] not in lost):
+                child.record.lease_expires_at = until
         for tid, rt in list(self.running.items()):
             if held_fences.get(tid) != rt.record.fence:
                 continue  # started (or re-claimed) after this heartbeat was sent
@@ -485,21 +520,33 @@ class Worker:
                 log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
                             rt.record.fence,
                             extra={"execution_id": rt.record.execution_id, "task_id": tid})
-                rt.stop("lease_lost")
+                self._stop_with_inline_steps(rt, "lease_lost")
 
     # -- outages ----------------------------------------------------------------------------------
     def storage_trouble(self, exc: BaseException) -> None:
         """Log a storage failure at most once per 30 s; the caller retries with backoff."""
         now = time.monotonic()
-        if now - self._last_outage_log >= 30.0:
+        # 0.0: nothing logged yet (the monotonic clock may be under 30 s just after boot)
+        if self._last_outage_log == 0.0 or now - self._last_outage_log >= 30.0:
             self._last_outage_log = now
             log.warning("storage unavailable, retrying: %s", exc)
+        else:
+            log.debug("storage unavailable, retrying: %s", exc)
         self._last_claim_ok = False
 
     def _storage_ok(self) -> None:
         if not self._last_claim_ok:
             log.info("storage reachable again")
             self._last_claim_ok = True
+
+    def _stop_with_inline_steps(self, rt: RunningTask, reason: str) -> None:
+        """Stop a task and the inline steps running on its lease (not written yet, they
+        cannot outlive it: their writes would be fenced out anyway)."""
+        rt.stop(reason)
+        for child in list(self.running.values()):
+            if (not child.materialized and child.inline_parent is not None
+                    and child.inline_parent[0] == rt.record.id):
+                self._stop_with_inline_steps(child, reason)
 
     def crash(self) -> None:
         """Die abruptly (crash injection): drop every coroutine, write nothing, keep the

@@ -22,6 +22,9 @@ from ._pg_rows import (
     utc_or_none,
 )
 
+#: States of an execution whose dead letters are not replayed.
+_STOPPED = frozenset({"cancelling", "cancelled", "timed_out"})
+
 
 async def get_execution(db: PostgresDatabase, execution_id: str) -> ExecutionRecord | None:
     """One execution, or None."""
@@ -101,6 +104,12 @@ async def replay_dead_letter(
 ) -> bool:
     """Run a dead-lettered task again, resuming the failed callers above it by replay."""
     async with db.transaction() as tx:
+        # A cancelled or timed-out execution stays so. Its row stays locked to the end, so a
+        # cancellation running now either committed before (seen here) or waits for this
+        # replay, and then cancels the tasks it made pending or waiting again.
+        state = await tx.fetchval("lock_execution_for_replay", task_id)
+        if state in _STOPPED:
+            return False
         # Locks the task (it must still be failed) and takes its dead letter.
         if await tx.fetchrow("take_dead_letter_for_replay", task_id) is None:
             return False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -62,6 +63,38 @@ def full_schema_sql() -> str:
 
 async def _keep_session(_connection: Any) -> None:
     """Pool reset hook: nothing to reset (see the module docstring)."""
+
+
+class _PoolFloorWarnings(logging.Filter):
+    """At most one of asyncpg's "Failed to restore the pool connection floor" WARNINGs per
+    30 s; the others are dropped.
+
+    While the server is down, asyncpg's pool retries its ``min_size`` connections in the
+    background and logs a WARNING, with a traceback, at every failed try (1, 2, 4, ... s
+    apart). The engine's own outage reporting is one WARNING per 30 s; this keeps the pool's
+    to the same rule.
+    """
+
+    every_s = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or "pool connection floor" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+
+def _quiet_pool_floor_warnings() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolFloorWarnings) for f in pool_log.filters):
+        pool_log.addFilter(_PoolFloorWarnings())
 
 
 class _Pool:
@@ -130,6 +163,7 @@ class PostgresDatabase:
     async def _open(self) -> Any:
         if self.dsn.unencoded_userinfo:
             raise unencoded_userinfo_error(self.dsn)
+        _quiet_pool_floor_warnings()
         failure: BaseException | None = None
         try:
             pool = await asyncpg.create_pool(

@@ -1,11 +1,12 @@
 """The engine's operations on PostgreSQL.
 
 Each is one statement from ``queries/postgres.sql``, so one transaction and one round trip:
-a chain of CTEs, or for finishing a task a call to a PL/pgSQL function of the schema (whose
-statements each see a fresh snapshot; see ``stent_finish_task``). Two rare fallbacks need a
-fresh snapshot of their own: a dispatch or a step insert that lost a race to a transaction
-that committed while it ran looks again in a second statement. Every state rule of the reference backend (``stent_testing.memory``) is a
-WHERE clause in SQL, never a read-modify-write here.
+a chain of CTEs, or a call to a PL/pgSQL function of the schema (whose statements each see a
+fresh snapshot; see ``stent_finish_task`` and ``schema/postgres/0002_cancellation.sql``).
+Two rare fallbacks need a fresh snapshot of their own: a dispatch or a step insert that lost
+a race to a transaction that committed while it ran looks again in a second statement. Every
+state rule of the reference backend (``stent_testing.memory``) is a WHERE clause or a
+PL/pgSQL branch in SQL, never a read-modify-write here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from stent.errors import BackendError, LeaseLostError
 from stent.records import (
+    LIVE_EXECUTION_STATES,
     ClaimFilter,
     Lease,
     NewExecution,
@@ -91,11 +93,15 @@ async def create_step(
     rows = await db.fetch("insert_step", *step_args(parent_id, parent_fence, new, now, lease))
     if rows:
         return task_from_row(rows[0]), bool(rows[0]["created"])
-    # Nothing came back: the parent is not held at this fence, or the key was taken by an
-    # insert that committed after this statement's snapshot (ON CONFLICT waited for it).
-    # A new statement sees both answers as they are now.
-    if not await db.fetchval("task_is_held", parent_id, parent_fence):
+    # Nothing came back: the parent is not held at this fence, its execution is not live,
+    # or the key was taken by an insert that committed after this statement's snapshot (ON
+    # CONFLICT waited for it). A new statement sees these answers as they are now.
+    held = await db.fetchrow("held_task_execution_state", parent_id, parent_fence)
+    if held is None:
         raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
+    if held["state"] is not None and held["state"] not in LIVE_EXECUTION_STATES:
+        raise LeaseLostError(f"the execution of task {parent_id} is {held['state']}: "
+                             "no new steps")
     existing = await db.fetchrow("task_by_step_key", parent_id, new.parent_attempt, new.seq)
     if existing is None:
         raise BackendError(f"step {new.seq} of task {parent_id} was neither created nor "
@@ -131,21 +137,25 @@ async def retry_task(
     db: PostgresDatabase, task_id: str, fence: int, error: bytes, due_at: datetime,
     now: datetime,
 ) -> bool:
-    """Schedule the next attempt (fenced) and log it."""
-    done = await db.fetchval("retry_task", task_id, fence, error, utc(due_at), iso(now))
+    """Schedule the next attempt (fenced) and log it; cancel the task instead if its
+    execution is not live."""
+    done = await db.fetchval("retry_task", task_id, fence, error, utc(due_at), utc(now),
+                             iso(now), progress("cancelled", now))
     return bool(done)
 
 
-async def release_task(db: PostgresDatabase, task_id: str, fence: int) -> bool:
-    """Give a running task back (fenced)."""
-    return bool(await db.fetchval("release_task", task_id, fence))
+async def release_task(db: PostgresDatabase, task_id: str, fence: int, now: datetime) -> bool:
+    """Give a running task back (fenced); cancel it instead if its execution is not live."""
+    return bool(await db.fetchval("release_task", task_id, fence, utc(now),
+                                  progress("cancelled", now)))
 
 
 async def suspend_task(
     db: PostgresDatabase, task_id: str, fence: int, awaited: Sequence[str], now: datetime
 ) -> bool:
     """Drop the lease of a task waiting on ``awaited`` (fenced): waiting, or pending."""
-    done = await db.fetchval("suspend_task", task_id, fence, list(awaited), iso(now))
+    done = await db.fetchval("suspend_task", task_id, fence, list(awaited), utc(now), iso(now),
+                             progress("cancelled", now))
     return bool(done)
 
 
@@ -153,10 +163,12 @@ async def renew_leases(
     db: PostgresDatabase, worker_id: str, held: Sequence[tuple[str, int]],
     lease_until: datetime,
 ) -> set[str]:
-    """Extend the leases still held (fenced, and by this worker); return the lost ids."""
+    """Extend the leases still held (fenced, and by this worker); return the lost ids (those
+    of executions that are not live are cancelled, at ``lease_until``)."""
     ids = [task_id for task_id, _ in held]
     fences = [fence for _, fence in held]
-    rows = await db.fetch("renew_leases", worker_id, ids, fences, utc(lease_until))
+    rows = await db.fetch("renew_leases", worker_id, ids, fences, utc(lease_until),
+                          progress("cancelled", lease_until))
     renewed = {r["id"] for r in rows}
     return {task_id for task_id in ids if task_id not in renewed}
 
@@ -168,3 +180,29 @@ async def get_outcomes(db: PostgresDatabase, task_ids: Sequence[str]) -> list[Ta
         for r in await db.fetch("get_outcomes", list(task_ids))
     }
     return [found[t] for t in task_ids if t in found]
+
+
+# -- cancellation and deadlines ----------------------------------------------------------------
+async def cancel_execution(
+    db: PostgresDatabase, execution_id: str, error: bytes, now: datetime
+) -> str | None:
+    """Cancelling (or cancelled at once, when nothing runs); its unstarted tasks cancelled.
+    Returns the state afterwards, None if there is no such execution."""
+    state = await db.fetchval("cancel_execution", execution_id, error, utc(now),
+                              progress("cancelling", now), progress("cancelled", now))
+    return None if state is None else str(state)
+
+
+async def cancel_task(db: PostgresDatabase, task_id: str, fence: int, now: datetime) -> bool:
+    """A running task stopped for its execution's cancellation (fenced)."""
+    return bool(await db.fetchval("cancel_task", task_id, fence, utc(now),
+                                  progress("cancelled", now)))
+
+
+async def expire_executions(
+    db: PostgresDatabase, error: bytes, now: datetime, limit: int
+) -> list[str]:
+    """Time out executions past their deadline; cancel orphans of stopped executions."""
+    rows = await db.fetch("expire_executions", error, utc(now), limit,
+                          progress("timed_out", now), progress("cancelled", now))
+    return [str(r["id"]) for r in rows]

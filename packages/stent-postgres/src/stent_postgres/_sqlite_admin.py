@@ -127,6 +127,9 @@ def replay_dead_letter(
     now: datetime, set_queue: bool,
 ) -> bool:
     """Run a dead-lettered task again, resuming the failed callers above it by replay."""
+    stopped = db.execute(Q["dead_letter_execution_stopped"], {"task_id": task_id}).fetchone()
+    if stopped is not None:
+        return False  # a cancelled or timed-out execution stays so
     if db.execute(Q["take_dead_letter_for_replay"], {"task_id": task_id}).fetchone() is None:
         return False
     row = db.execute(Q["reset_task_for_replay"], {

@@ -123,6 +123,9 @@ def create_step(
     now: datetime, lease: Lease | None,
 ) -> tuple[TaskRecord, bool]:
     """Insert a child at its step key unless taken, fenced on the parent."""
+    state = db.execute(Q["parent_execution_state"], {"parent_id": parent_id}).fetchone()
+    if state is not None and state[0] not in _LIVE:
+        raise LeaseLostError(f"the execution of task {parent_id} is {state[0]}: no new steps")
     params = task_params(new, now)
     params["parent_id"] = parent_id
     params["parent_fence"] = parent_fence
@@ -186,6 +189,7 @@ def complete_task(
         db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
     else:
         _finish_execution(db, row["execution_id"], "completed", now, result, None)
+    _settle(db, row["execution_id"], now)  # a cancelling execution whose last task ended
     return True
 
 
@@ -210,6 +214,7 @@ def fail_task(
         db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
     else:
         _finish_execution(db, row["execution_id"], "failed", now, None, error)
+    _settle(db, row["execution_id"], now)
     return True
 
 
@@ -218,6 +223,8 @@ def retry_task(
     now: datetime,
 ) -> bool:
     """Schedule the next attempt (fenced) and log it."""
+    if _cancel_if_stopping(db, task_id, fence, now):
+        return True
     row = db.execute(Q["retry_task"], {
         "id": task_id, "fence": fence, "error": error, "due_at": epoch(due_at),
     }).fetchone()
@@ -229,8 +236,12 @@ def retry_task(
     return True
 
 
-def release_task(db: sqlite3.Connection, task_id: str, fence: int) -> bool:
+def release_task(
+    db: sqlite3.Connection, task_id: str, fence: int, now: datetime | None = None
+) -> bool:
     """Give a running task back (fenced)."""
+    if now is not None and _cancel_if_stopping(db, task_id, fence, now):
+        return True
     return db.execute(Q["release_task"], {"id": task_id, "fence": fence}).rowcount > 0
 
 
@@ -238,6 +249,8 @@ def suspend_task(
     db: sqlite3.Connection, task_id: str, fence: int, awaited: Sequence[str], now: datetime
 ) -> bool:
     """Drop the lease of a task waiting on ``awaited`` (fenced): waiting, or pending."""
+    if _cancel_if_stopping(db, task_id, fence, now):
+        return True
     row = db.execute(Q["suspend_task"], {
         "id": task_id, "fence": fence, "awaited": json_list(awaited),
     }).fetchone()
@@ -257,6 +270,10 @@ def renew_leases(
     until = epoch(lease_until)
     lost: set[str] = set()
     for task_id, fence in held:
+        if _cancel_if_stopping(db, task_id, fence, lease_until):
+            # cancelled or timed out: the heartbeat is how a remote worker learns it
+            lost.add(task_id)
+            continue
         params: dict[str, Any] = {
             "id": task_id, "fence": fence, "worker_id": worker_id, "lease_until": until,
         }
@@ -272,3 +289,74 @@ def get_outcomes(db: sqlite3.Connection, task_ids: Sequence[str]) -> list[TaskOu
         for r in db.execute(Q["get_outcomes"], {"ids": json_list(task_ids)})
     }
     return [found[t] for t in task_ids if t in found]
+
+
+# -- cancellation and deadlines ----------------------------------------------------------------
+_LIVE = ("pending", "running")
+
+
+def _settle(db: sqlite3.Connection, execution_id: str, now: datetime) -> None:
+    db.execute(Q["settle_cancelling_execution"], {
+        "id": execution_id, "now": epoch(now), "entry": progress_entry("cancelled", now),
+    })
+
+
+def _cancel_held(db: sqlite3.Connection, task_id: str, fence: int, now: datetime) -> bool:
+    row = db.execute(Q["cancel_held_task"], {
+        "id": task_id, "fence": fence, "now": epoch(now),
+    }).fetchone()
+    if row is None:
+        return False
+    if row["parent_id"] is not None:
+        db.execute(Q["wake_parent"], {"parent_id": row["parent_id"]})
+    _settle(db, row["execution_id"], now)
+    return True
+
+
+def _cancel_if_stopping(db: sqlite3.Connection, task_id: str, fence: int, now: datetime) -> bool:
+    """Cancel a held task whose execution is cancelling or over; True if it did."""
+    row = db.execute(Q["task_execution_state"], {"id": task_id, "fence": fence}).fetchone()
+    if row is None or row["execution_state"] in _LIVE:
+        return False
+    return _cancel_held(db, task_id, fence, now)
+
+
+def cancel_execution(
+    db: sqlite3.Connection, execution_id: str, error: bytes, now: datetime
+) -> str | None:
+    """Cancelling (or cancelled at once, when nothing runs); its unstarted tasks cancelled."""
+    row = db.execute(Q["execution_state"], {"id": execution_id}).fetchone()
+    if row is None:
+        return None
+    if row["state"] not in _LIVE:
+        return str(row["state"])
+    db.execute(Q["cancel_unfinished_tasks"], {"id": execution_id, "now": epoch(now),
+                                               "running": False})
+    db.execute(Q["mark_execution_cancelling"], {
+        "id": execution_id, "error": error, "entry": progress_entry("cancelling", now),
+    })
+    _settle(db, execution_id, now)
+    return str(db.execute(Q["execution_state"], {"id": execution_id}).fetchone()[0])
+
+
+def cancel_task(db: sqlite3.Connection, task_id: str, fence: int, now: datetime) -> bool:
+    """A running task stopped for its execution's cancellation (fenced)."""
+    return _cancel_held(db, task_id, fence, now)
+
+
+def expire_executions(
+    db: sqlite3.Connection, error: bytes, now: datetime, limit: int
+) -> list[str]:
+    """Time out executions past their deadline; cancel orphans of stopped executions."""
+    ids = [r["id"] for r in db.execute(Q["expired_executions"], {"now": epoch(now),
+                                                                   "limit": limit})]
+    for execution_id in ids:
+        db.execute(Q["time_out_execution"], {
+            "id": execution_id, "error": error, "now": epoch(now),
+            "entry": progress_entry("timed_out", now),
+        })
+        db.execute(Q["cancel_unfinished_tasks"], {"id": execution_id, "now": epoch(now),
+                                                   "running": True})
+    for row in db.execute(Q["orphans_of_stopped_executions"], {"now": epoch(now)}).fetchall():
+        _cancel_held(db, row["id"], row["fence"], now)
+    return ids

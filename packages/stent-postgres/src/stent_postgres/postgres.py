@@ -1,8 +1,12 @@
 """``PostgresBackend``: the Stent backend contract on PostgreSQL (asyncpg).
 
 Every operation is one transaction, and (but for two rare race fallbacks and the operator's
-``replay_dead_letter``) one statement: a chain of CTEs in ``queries/postgres.sql`` that
+``replay_dead_letter``) one statement: a chain of CTEs in ``queries/postgres.sql``, or a call
+to a PL/pgSQL function of the schema where later statements need a fresh snapshot, that
 enforces fencing, insert-if-absent on step keys and the state rules in its WHERE clauses.
+Cancellation and deadlines (``cancel_execution``, ``expire_executions``) take the locks that
+keep a cancelling execution from being left unsettled by racing siblings: see
+``schema/postgres/0002_cancellation.sql``.
 Claims take rows with ``FOR NO KEY UPDATE SKIP LOCKED`` from partial indexes on claimable
 rows; ``max_concurrent`` is a counter row per capped function, locked and updated in the
 same statement as the slots it hands out. The schema lives in ``schema/postgres/``.
@@ -228,7 +232,8 @@ class PostgresBackend:
     async def retry_task(
         self, task_id: str, fence: int, error: bytes, due_at: datetime, now: datetime
     ) -> bool:
-        """Schedule the next attempt: pending at ``due_at``, ``attempt`` and ``retries`` + 1.
+        """Schedule the next attempt: pending at ``due_at``, ``attempt`` and ``retries`` + 1
+        (cancelled instead when its execution is cancelling or finished).
 
         Returns:
             False, changing nothing, if the fence is stale or the task is not running.
@@ -236,12 +241,13 @@ class PostgresBackend:
         return await ops.retry_task(self._db, task_id, fence, error, due_at, now)
 
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
-        """Give a running task back: pending, same attempt, lease dropped.
+        """Give a running task back: pending, same attempt, lease dropped (cancelled instead
+        when its execution is not live).
 
         Returns:
             False, changing nothing, if the fence is stale or the task is not running.
         """
-        return await ops.release_task(self._db, task_id, fence)
+        return await ops.release_task(self._db, task_id, fence, now)
 
     async def suspend_task(
         self, task_id: str, fence: int, awaited: Sequence[str], now: datetime
@@ -249,7 +255,8 @@ class PostgresBackend:
         """Drop the lease of a task that waits on ``awaited`` children.
 
         The task becomes ``waiting``, or ``pending`` straight away if one of the children
-        has already finished (checked in the same statement: no lost wake-up).
+        has already finished (checked in the same statement: no lost wake-up); it is
+        cancelled instead when its execution is cancelling or finished.
 
         Returns:
             False, changing nothing, if the fence is stale or the task is not running.
@@ -261,12 +268,52 @@ class PostgresBackend:
     ) -> set[str]:
         """Extend the leases of ``(task_id, fence)`` pairs held by ``worker_id``.
 
+        A held task of an execution that is cancelling or finished is cancelled instead (the
+        heartbeat is how a remote worker learns of a cancellation) and reported lost.
+
         Returns:
-            The ids no longer held (stale fence, not running, or another worker's).
+            The ids no longer held (stale fence, not running, another worker's, or
+            cancelled here).
         """
         if not held:
             return set()
         return await ops.renew_leases(self._db, worker_id, held, lease_until)
+
+    async def cancel_execution(self, execution_id: str, error: bytes, now: datetime) -> str | None:
+        """Cancel an execution: a pending or running one becomes ``cancelling`` (with
+        ``error``) and its pending and waiting tasks ``cancelled``; it becomes ``cancelled``
+        as soon as none of its tasks runs (at once if none does). A finished one is left
+        alone.
+
+        From then on its tasks are never claimed, start no step (``LeaseLostError``), and
+        are cancelled by a heartbeat, a retry, a release or a suspension; their completion
+        or failure is recorded but never finishes the execution.
+
+        Returns:
+            The execution's state afterwards, or None if there is no such execution.
+        """
+        return await ops.cancel_execution(self._db, execution_id, error, now)
+
+    async def cancel_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        """Record that a running task stopped because its execution is being cancelled:
+        ``cancelled``, its suspended parent woken, its slot given back; the execution becomes
+        ``cancelled`` once none of its tasks runs.
+
+        Returns:
+            False, changing nothing, if the fence is stale or the task is not running.
+        """
+        return await ops.cancel_task(self._db, task_id, fence, now)
+
+    async def expire_executions(self, error: bytes, now: datetime, limit: int = 100) -> list[str]:
+        """Time out up to ``limit`` pending or running executions whose deadline passed
+        before ``now`` (most overdue first): ``timed_out`` with ``error``, every unfinished
+        task (running ones too) cancelled. Also cancel the running tasks of cancelling or
+        finished executions whose lease expired (their workers died), settling them.
+
+        Returns:
+            The ids of the executions timed out.
+        """
+        return await ops.expire_executions(self._db, error, now, limit)
 
     async def get_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
         """Outcomes of those of ``task_ids`` that are finished, in the order given."""
@@ -355,7 +402,8 @@ class PostgresBackend:
         """Run a dead-lettered task again with a fresh attempt.
 
         The failed callers above it go back to ``waiting`` (they resume by replay), and if
-        that reaches the root task, the failed execution goes back to ``running``.
+        that reaches the root task, the failed execution goes back to ``running``. A task
+        of a cancelling, cancelled or timed-out execution is not replayed.
 
         Args:
             task_id: the dead-lettered task.
@@ -365,7 +413,8 @@ class PostgresBackend:
             set_queue: whether to move it to ``queue``.
 
         Returns:
-            False if there is no such entry or its task is no longer failed.
+            False if there is no such entry, its task is no longer failed, or its execution
+            was cancelled or timed out.
         """
         return await admin.replay_dead_letter(self._db, task_id, queue, reset_retries, now,
                                               set_queue)

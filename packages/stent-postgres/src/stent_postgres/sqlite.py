@@ -186,7 +186,8 @@ class SQLiteBackend:
         Returns:
             False, changing nothing, if the fence is stale or the task is not running.
         """
-        return await self._db.write(partial(ops.release_task, task_id=task_id, fence=fence))
+        return await self._db.write(partial(ops.release_task, task_id=task_id, fence=fence,
+                                            now=now))
 
     async def suspend_task(
         self, task_id: str, fence: int, awaited: Sequence[str], now: datetime
@@ -216,6 +217,21 @@ class SQLiteBackend:
         return await self._db.write(partial(
             ops.renew_leases, worker_id=worker_id, held=list(held), lease_until=lease_until,
         ))
+
+    async def cancel_execution(self, execution_id: str, error: bytes, now: datetime) -> str | None:
+        """See :meth:`stent.backend.Backend.cancel_execution`."""
+        return await self._db.write(partial(ops.cancel_execution, execution_id=execution_id,
+                                            error=error, now=now))
+
+    async def cancel_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        """See :meth:`stent.backend.Backend.cancel_task`."""
+        return await self._db.write(partial(ops.cancel_task, task_id=task_id, fence=fence,
+                                            now=now))
+
+    async def expire_executions(self, error: bytes, now: datetime, limit: int = 100) -> list[str]:
+        """See :meth:`stent.backend.Backend.expire_executions`."""
+        return await self._db.write(partial(ops.expire_executions, error=error, now=now,
+                                            limit=limit))
 
     async def get_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
         """Outcomes of those of ``task_ids`` that are finished, in the order given."""

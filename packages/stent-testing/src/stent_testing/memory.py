@@ -14,6 +14,7 @@ from datetime import datetime
 from stent.clock import to_utc
 from stent.errors import LeaseLostError
 from stent.records import (
+    LIVE_EXECUTION_STATES,
     TERMINAL_EXECUTION_STATES,
     TERMINAL_TASK_STATES,
     ClaimFilter,
@@ -91,15 +92,92 @@ class InMemoryBackend:
     ) -> None:
         now = to_utc(now)
         if t.parent_id is not None:
+            self._settle(t.execution_id, now)
             return
         ex = self._executions.get(t.execution_id)
-        if ex is None or ex.state in TERMINAL_EXECUTION_STATES:
+        if ex is None or ex.state not in LIVE_EXECUTION_STATES:
+            # cancelling, cancelled or timed out: no later write may complete or fail it
+            self._settle(t.execution_id, now)
             return
         ex.state = state
         ex.result = result
         ex.error = error
         ex.finished_at = now
         _progress(ex, state, now)
+
+    # -- cancellation and deadlines -----------------------------------------------------------
+    def _tasks_of(self, execution_id: str) -> list[TaskRecord]:
+        return [t for t in self._tasks.values() if t.execution_id == execution_id]
+
+    def _stopping(self, execution_id: str) -> bool:
+        ex = self._executions.get(execution_id)
+        return ex is not None and ex.state not in LIVE_EXECUTION_STATES
+
+    def _cancel(self, t: TaskRecord, now: datetime) -> None:
+        t.state = "cancelled"
+        t.finished_at = now
+        t.worker_id = None
+        t.lease_expires_at = None
+        self._wake_parent(t)
+
+    def _settle(self, execution_id: str, now: datetime) -> None:
+        """A cancelling execution is cancelled once none of its tasks runs any more."""
+        ex = self._executions.get(execution_id)
+        if ex is None or ex.state != "cancelling":
+            return
+        if any(t.state == "running" for t in self._tasks_of(execution_id)):
+            return
+        ex.state = "cancelled"
+        ex.finished_at = now
+        _progress(ex, "cancelled", now)
+
+    async def cancel_execution(self, execution_id: str, error: bytes, now: datetime) -> str | None:
+        now = to_utc(now)
+        ex = self._executions.get(execution_id)
+        if ex is None:
+            return None
+        if ex.state not in LIVE_EXECUTION_STATES:
+            return ex.state
+        ex.error = error
+        for t in self._tasks_of(execution_id):
+            if t.state in ("pending", "waiting"):
+                self._cancel(t, now)
+        ex.state = "cancelling"
+        _progress(ex, "cancelling", now)
+        self._settle(execution_id, now)
+        return ex.state
+
+    async def cancel_task(self, task_id: str, fence: int, now: datetime) -> bool:
+        now = to_utc(now)
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        self._cancel(t, now)
+        self._settle(t.execution_id, now)
+        return True
+
+    async def expire_executions(self, error: bytes, now: datetime, limit: int = 100) -> list[str]:
+        now = to_utc(now)
+        expired: list[str] = []
+        for ex in list(self._executions.values()):
+            if len(expired) >= limit:
+                break
+            if ex.state in LIVE_EXECUTION_STATES and ex.deadline is not None and ex.deadline < now:
+                ex.state = "timed_out"
+                ex.error = error
+                ex.finished_at = now
+                _progress(ex, "timed_out", now)
+                for t in self._tasks_of(ex.id):
+                    if t.state in ("pending", "waiting", "running"):
+                        self._cancel(t, now)
+                expired.append(ex.id)
+        # tasks of cancelling executions whose workers died: nobody else will stop them
+        for t in list(self._tasks.values()):
+            if (t.state == "running" and t.lease_expires_at is not None
+                    and t.lease_expires_at < now and self._stopping(t.execution_id)):
+                self._cancel(t, now)
+                self._settle(t.execution_id, now)
+        return expired
 
     # -- engine operations --------------------------------------------------------------------
     async def create_execution(self, new: NewExecution, now: datetime) -> tuple[str, bool]:
@@ -137,6 +215,7 @@ class InMemoryBackend:
                     and t.lease_expires_at < now)
             )
             and claim_filter.matches(t)
+            and not self._stopping(t.execution_id)
         ]
         candidates.sort(key=lambda t: (-t.priority, t.due_at, self._created_order[t.id]))
         # max_concurrent: running instances per capped function, counted inside this same
@@ -181,6 +260,8 @@ class InMemoryBackend:
         parent = self._held(parent_id, parent_fence)
         if parent is None:
             raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
+        if self._stopping(parent.execution_id):
+            raise LeaseLostError(f"execution {parent.execution_id} is stopping: no new steps")
         key = (parent_id, new.parent_attempt, new.seq)
         existing = self._by_key.get(key)
         if existing is not None:
@@ -266,6 +347,10 @@ class InMemoryBackend:
         t = self._held(task_id, fence)
         if t is None:
             return False
+        if self._stopping(t.execution_id):
+            self._cancel(t, now)  # the execution is cancelling or over: no next attempt
+            self._settle(t.execution_id, now)
+            return True
         t.state = "pending"
         t.error = error
         t.due_at = due_at
@@ -283,6 +368,10 @@ class InMemoryBackend:
         t = self._held(task_id, fence)
         if t is None:
             return False
+        if self._stopping(t.execution_id):
+            self._cancel(t, now)  # the execution is cancelling or over: no next attempt
+            self._settle(t.execution_id, now)
+            return True
         t.state = "pending"
         t.worker_id = None
         t.lease_expires_at = None
@@ -295,6 +384,10 @@ class InMemoryBackend:
         t = self._held(task_id, fence)
         if t is None:
             return False
+        if self._stopping(t.execution_id):
+            self._cancel(t, now)  # the execution is cancelling or over: no next attempt
+            self._settle(t.execution_id, now)
+            return True
         # A child may have finished between the worker deciding to suspend and this write;
         # checking here, in the same atomic step, is what makes the wake-up impossible to lose.
         done = any(
@@ -317,6 +410,11 @@ class InMemoryBackend:
         for task_id, fence in held:
             t = self._held(task_id, fence)
             if t is None or t.worker_id != worker_id:
+                lost.add(task_id)
+            elif self._stopping(t.execution_id):
+                # cancelled or timed out: the heartbeat is how a remote worker learns it
+                self._cancel(t, lease_until)
+                self._settle(t.execution_id, lease_until)
                 lost.add(task_id)
             else:
                 t.lease_expires_at = lease_until
@@ -429,6 +527,9 @@ class InMemoryBackend:
         t = self._tasks.get(task_id)
         if dl is None or t is None or t.state != "failed":
             return False
+        ex = self._executions.get(t.execution_id)
+        if ex is not None and ex.state in ("cancelling", "cancelled", "timed_out"):
+            return False  # a cancelled or timed-out execution stays so
         del self._dead[task_id]
         t.state = "pending"
         t.attempt += 1

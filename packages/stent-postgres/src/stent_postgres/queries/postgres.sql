@@ -18,7 +18,14 @@
 --   updates its parent only when the parent is 'waiting', which no worker holds), then
 --   execution rows, then stent_concurrency rows last. Claims never wait for a task row (SKIP
 --   LOCKED); they wait only for counter rows (taken first, in name order) and for the rows
---   of executions they start. So no two transactions can wait for each other.
+--   of executions they start. So no two transactions can wait for each other. (A dead-letter
+--   replay locks the execution row first, then only failed task rows, which no worker holds.)
+-- * Cancellation and deadlines (schema/postgres/0002_cancellation.sql): a worker call reads
+--   its execution's state only after locking its task (a later statement, or the VOLATILE
+--   stent_live_execution); a cancellation or time-out locks every pending and running task
+--   of the execution before the execution row. A cancelling execution is settled to
+--   'cancelled' under its row's FOR UPDATE lock, by a later statement that sees every
+--   sibling that finished before (stent_settle_execution).
 --
 -- Progress entries are appended in SQL; the log keeps its last 100 entries (as the reference
 -- backend does) by dropping the oldest one as a new one goes in.
@@ -121,6 +128,13 @@ SELECT coalesce((SELECT id FROM stent_executions WHERE id = $1),
 -- most (cap - live holders) of its claimable tasks are locked. Only then are the candidates
 -- of both kinds merged in claim order and cut at $6, so a function at its cap never starves
 -- the work behind it. No COUNT over the tasks table decides anything: the counter does.
+--
+-- Tasks of executions that are not live (cancelling, or finished) are never taken: each
+-- candidate's execution is read afresh by stent_live_execution (schema/postgres), which is
+-- called again when the claim re-checks a row that changed after it was read. The
+-- transaction that stops an execution (cancellation, time-out) cancels its pending tasks
+-- and rewrites its running ones, so a claim that reaches one of them after that commit
+-- re-checks it and skips it; while that transaction runs, the rows are locked (SKIP LOCKED).
 WITH caps AS (
     -- Capped functions with a claimable task for this worker, and the cap of the first one.
     SELECT c.step_name, c.holders, head.max_concurrent AS head_cap
@@ -134,6 +148,7 @@ WITH caps AS (
           AND ((t.state = 'pending' AND t.due_at <= $7)
                OR (t.state = 'running' AND t.lease_expires_at < $7))
           AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+          AND stent_live_execution(t.execution_id) IS NOT NULL
         ORDER BY t.priority DESC, t.due_at, t.ordinal
         LIMIT 1
     ) AS head
@@ -170,6 +185,7 @@ capped AS (
           AND ((t.state = 'pending' AND t.due_at <= $7)
                OR (t.state = 'running' AND t.lease_expires_at < $7))
           AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+          AND stent_live_execution(t.execution_id) IS NOT NULL
         ORDER BY t.priority DESC, t.due_at, t.ordinal
         LIMIT least($6, greatest(room.head_cap - room.live, 0))
         FOR NO KEY UPDATE OF t SKIP LOCKED
@@ -180,9 +196,10 @@ ready AS (
     FROM stent_tasks AS t
     WHERE t.state = 'pending' AND t.max_concurrent IS NULL AND t.due_at <= $7
       AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+      AND stent_live_execution(t.execution_id) IS NOT NULL
     ORDER BY t.priority DESC, t.due_at, t.ordinal
     LIMIT $6
-    FOR NO KEY UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE OF t SKIP LOCKED
 ),
 recovered AS (
     -- Crash recovery: running tasks whose lease expired (rare; usually no row at all).
@@ -190,9 +207,10 @@ recovered AS (
     FROM stent_tasks AS t
     WHERE t.state = 'running' AND t.lease_expires_at < $7 AND t.max_concurrent IS NULL
       AND stent_claimable(t.kind, t.step_name, t.queue, t.tags, $2, $3, $4, $5)
+      AND stent_live_execution(t.execution_id) IS NOT NULL
     ORDER BY t.priority DESC, t.due_at, t.ordinal
     LIMIT $6
-    FOR NO KEY UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE OF t SKIP LOCKED
 ),
 picked AS (
     SELECT candidate.id, candidate.step_name, candidate.max_concurrent
@@ -262,19 +280,28 @@ SELECT * FROM leased ORDER BY priority DESC, due_at, ordinal;
 -- backend, a lease given by the engine is not checked against the cap); a step born failed
 -- with a reason ($30) gets its dead letter; a step born pending with retries > 0 (a retry
 -- waiting for due_at) is logged like any retry.
+-- No step starts under an execution that is not live (cancelling or finished): the guard
+-- calls stent_live_execution after the parent's row is locked, so it reads the execution
+-- afresh even when this statement waited for a cancellation that had locked the parent
+-- (stent_freeze_execution), whose commit its own snapshot predates.
 -- Returns the new row (created = true) or the row already at the key (created = false);
--- nothing when the parent is not held, or when the key was taken by a transaction that
--- committed after this statement began (the caller tells those apart).
+-- nothing when the parent is not held, when its execution is not live, or when the key was
+-- taken by a transaction that committed after this statement began (the caller tells those
+-- apart).
 -- $1 parent_id, $2 parent_fence, $3 id, $4 parent_attempt, $5 seq, $6 step_name, $7 kind,
 -- $8 state, $9 args, $10 arg_digest, $11 result, $12 queue, $13 tags, $14 priority,
 -- $15 due_at, $16 retry_policy, $17 timeout_s, $18 max_concurrent, $19 idempotency_key,
 -- $20 now, $21 finished_at, $22 worker_id, $23 lease_expires_at, $24 fence, $25 started_at,
 -- $26 slot, $27 error, $28 attempt, $29 retries, $30 dead-letter reason, $31 now (ISO text).
-WITH parent AS (
+WITH parent AS MATERIALIZED (
     SELECT id, execution_id
     FROM stent_tasks
     WHERE id = $1 AND fence = $2 AND state = 'running'
     FOR SHARE
+),
+live_parent AS MATERIALIZED (
+    SELECT id, execution_id FROM parent
+    WHERE stent_live_execution(parent.execution_id) IS NOT NULL
 ),
 inserted AS (
     INSERT INTO stent_tasks (
@@ -282,9 +309,9 @@ inserted AS (
         arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
         max_concurrent, idempotency_key, created_at, finished_at, worker_id,
         lease_expires_at, fence, started_at, slot, error, attempt, retries)
-    SELECT $3, parent.execution_id, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-           $16::jsonb, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29
-    FROM parent
+    SELECT $3, live_parent.execution_id, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+           $15, $16::jsonb, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29
+    FROM live_parent
     ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
     RETURNING *
 ),
@@ -332,13 +359,18 @@ holder AS (
 SELECT true AS created, inserted.* FROM inserted
 UNION ALL
 SELECT false AS created, t.*
-FROM parent
-JOIN stent_tasks AS t ON t.parent_id = parent.id AND t.parent_attempt = $4 AND t.seq = $5
+FROM live_parent
+JOIN stent_tasks AS t
+    ON t.parent_id = live_parent.id AND t.parent_attempt = $4 AND t.seq = $5
 WHERE NOT EXISTS (SELECT 1 FROM inserted);
 
--- task_is_held --
--- $1 id, $2 fence.
-SELECT EXISTS (SELECT 1 FROM stent_tasks WHERE id = $1 AND fence = $2 AND state = 'running');
+-- held_task_execution_state --
+-- The state of the execution of a task held at a fence: no row when the task is not held
+-- (NULL when its execution is unknown). $1 id, $2 fence.
+SELECT e.state
+FROM stent_tasks AS t
+LEFT JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = $1 AND t.fence = $2 AND t.state = 'running';
 
 -- task_by_step_key --
 -- $1 parent_id, $2 parent_attempt, $3 seq.
@@ -365,134 +397,46 @@ SELECT stent_finish_task($1, $2, 'completed', $3, NULL, $4, NULL, $5::jsonb);
 SELECT stent_finish_task($1, $2, 'failed', NULL, $3, $5, $4, $6::jsonb);
 
 -- retry_task --
--- Schedule the next attempt (fenced), log it, give back the slot.
--- $1 id, $2 fence, $3 error, $4 due_at, $5 now (ISO text, for the progress entry).
-WITH done AS (
-    UPDATE stent_tasks
-    SET state = 'pending', error = $3, due_at = $4, attempt = attempt + 1,
-        retries = retries + 1, worker_id = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND fence = $2 AND state = 'running'
-    RETURNING id, execution_id, step_name, attempt, slot
-),
-logged AS (
-    UPDATE stent_executions AS e
-    SET progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
-                        ELSE e.progress END
-                   || jsonb_build_array(jsonb_build_object(
-                          'event', 'retrying', 'at', $5::text, 'task_id', done.id,
-                          'step', done.step_name, 'attempt', done.attempt))
-    FROM done
-    WHERE e.id = done.execution_id
-    RETURNING e.id
-),
-freed AS (
-    UPDATE stent_concurrency AS c
-    SET holders = c.holders - 1
-    FROM done
-    WHERE done.slot AND c.step_name = done.step_name
-      AND (SELECT count(*) FROM logged) >= 0
-)
-SELECT count(*) FROM done;
+-- Schedule the next attempt (fenced), log it, give back the slot; in an execution that is not
+-- live, cancel the task instead: stent_retry_task (schema/postgres), which locks the task
+-- before it reads the execution (see 0002_cancellation.sql).
+-- $1 id, $2 fence, $3 error, $4 due_at, $5 now, $6 now (ISO text, for the progress entry),
+-- $7 progress ([cancelled entry], if the cancellation settles with it).
+SELECT stent_retry_task($1, $2, $3, $4, $5, $6, $7::jsonb);
 
 -- release_task --
--- Give a running task back (fenced): pending, same attempt. $1 id, $2 fence.
-WITH done AS (
-    UPDATE stent_tasks
-    SET state = 'pending', worker_id = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND fence = $2 AND state = 'running'
-    RETURNING step_name, slot
-),
-freed AS (
-    UPDATE stent_concurrency AS c
-    SET holders = c.holders - 1
-    FROM done
-    WHERE done.slot AND c.step_name = done.step_name
-)
-SELECT count(*) FROM done;
+-- Give a running task back (fenced): pending, same attempt; cancelled in an execution that
+-- is not live. $1 id, $2 fence, $3 now, $4 progress ([cancelled entry]).
+SELECT stent_release_task($1, $2, $3, $4::jsonb);
 
 -- suspend_task --
 -- Drop the lease of a task waiting on $3 (fenced): 'waiting', or 'pending' at once if one of
--- them has already finished. $1 id, $2 fence, $3 awaited ids, $4 now (ISO text).
---
--- No lost wake-up: the task is locked first, then the awaited children FOR SHARE, which
--- waits for any completion in flight (it holds the child's row) and returns the children's
--- newest versions. A child that finishes later must wait for this statement to commit
--- before it can lock its own row; the parent's wake-up, a later statement of
--- stent_finish_task, then sees this task 'waiting'.
-WITH held AS (
-    SELECT id
-    FROM stent_tasks
-    WHERE id = $1 AND fence = $2 AND state = 'running'
-    FOR NO KEY UPDATE
-),
-awaited AS (
-    SELECT child.state
-    FROM stent_tasks AS child
-    WHERE child.id = ANY ($3::text[]) AND EXISTS (SELECT 1 FROM held)
-    ORDER BY child.ordinal
-    FOR SHARE
-),
-done AS (
-    UPDATE stent_tasks AS t
-    SET state = CASE WHEN EXISTS (
-                    SELECT 1 FROM awaited
-                    WHERE awaited.state IN ('completed', 'failed', 'cancelled'))
-                THEN 'pending' ELSE 'waiting' END,
-        worker_id = NULL,
-        lease_expires_at = NULL
-    FROM held
-    WHERE t.id = held.id
-    RETURNING t.id, t.state, t.execution_id, t.step_name, t.slot
-),
-logged AS (
-    UPDATE stent_executions AS e
-    SET progress = CASE WHEN jsonb_array_length(e.progress) >= 100 THEN e.progress - 0
-                        ELSE e.progress END
-                   || jsonb_build_array(jsonb_build_object(
-                          'event', 'waiting', 'at', $4::text, 'task_id', done.id,
-                          'step', done.step_name))
-    FROM done
-    WHERE done.state = 'waiting' AND e.id = done.execution_id
-    RETURNING e.id
-),
-freed AS (
-    UPDATE stent_concurrency AS c
-    SET holders = c.holders - 1
-    FROM done
-    WHERE done.slot AND c.step_name = done.step_name
-      AND (SELECT count(*) FROM logged) >= 0
-)
-SELECT count(*) FROM done;
+-- them has already finished (no lost wake-up: see stent_suspend_task); cancelled in an
+-- execution that is not live. $1 id, $2 fence, $3 awaited ids, $4 now, $5 now (ISO text),
+-- $6 progress ([cancelled entry]).
+SELECT stent_suspend_task($1, $2, $3::text[], $4, $5, $6::jsonb);
 
 -- renew_leases --
 -- Extend the leases of ($2[i], $3[i]) held by worker $1 until $4; returns the ids renewed.
--- Rows are locked in ordinal order (ancestors first, as everywhere). A capped task whose
--- slot lapsed while its lease had expired takes a slot again: it is live once more, and
--- counts (the cap may be exceeded by it, as in the reference backend).
-WITH held AS (
-    SELECT t.id, t.slot
-    FROM stent_tasks AS t
-    JOIN unnest($2::text[], $3::integer[]) AS h (id, fence) ON t.id = h.id AND t.fence = h.fence
-    WHERE t.state = 'running' AND t.worker_id = $1
-    ORDER BY t.ordinal
-    FOR NO KEY UPDATE OF t
-),
-renewed AS (
-    UPDATE stent_tasks AS t
-    SET lease_expires_at = $4,
-        slot = t.max_concurrent IS NOT NULL
-    FROM held
-    WHERE t.id = held.id
-    RETURNING t.id, t.step_name, t.slot AND NOT held.slot AS regained
-),
-counted AS (
-    UPDATE stent_concurrency AS c
-    SET holders = c.holders + regained.n
-    FROM (SELECT step_name, count(*)::integer AS n FROM renewed WHERE regained
-          GROUP BY step_name) AS regained
-    WHERE c.step_name = regained.step_name
-)
-SELECT id FROM renewed;
+-- Tasks of executions that are not live are cancelled instead (at $4, the time the reference
+-- backend uses), and so reported lost. $5 progress ([cancelled entry] at $4).
+SELECT stent_renew_leases($1, $2::text[], $3::integer[], $4, $5::jsonb) AS id;
+
+-- cancel_task --
+-- A held task stopped for its execution's cancellation (fenced): cancelled, its suspended
+-- parent woken, its execution settled, its slot given back.
+-- $1 id, $2 fence, $3 now, $4 progress ([cancelled entry]).
+SELECT stent_cancel_task($1, $2, $3, $4::jsonb);
+
+-- cancel_execution --
+-- $1 id, $2 error, $3 now, $4 progress ([cancelling entry]), $5 progress ([cancelled entry]).
+-- Returns the execution's state afterwards, NULL when there is none.
+SELECT stent_cancel_execution($1, $2, $3, $4::jsonb, $5::jsonb);
+
+-- expire_executions --
+-- $1 error, $2 now, $3 limit, $4 progress ([timed_out entry]), $5 progress ([cancelled
+-- entry]). Returns the ids of the executions timed out.
+SELECT stent_expire_executions($1, $2, $3, $4::jsonb, $5::jsonb) AS id;
 
 -- get_outcomes --
 -- $1 task ids.
@@ -584,6 +528,17 @@ SELECT * FROM stent_dead_letters WHERE task_id = $1;
 -- discard_dead_letter --
 -- $1 task_id.
 DELETE FROM stent_dead_letters WHERE task_id = $1 RETURNING task_id;
+
+-- lock_execution_for_replay --
+-- The state of the execution of a dead-lettered task, its row locked (FOR NO KEY UPDATE, which
+-- a cancellation's FOR UPDATE waits for, and the other way round): a cancelled or timed-out
+-- execution is never revived. First statement of the replay: execution row, then task rows,
+-- as cleanup_executions takes them. $1 task_id.
+SELECT e.state
+FROM stent_tasks AS t
+JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = $1
+FOR NO KEY UPDATE OF e;
 
 -- take_dead_letter_for_replay --
 -- Only a task that is still failed can be replayed; otherwise the entry stays. The task is

@@ -67,6 +67,8 @@ WHERE parent_id = :parent_id AND parent_attempt = :parent_attempt AND seq = :seq
 SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
 FROM stent_tasks AS t
 WHERE t.state = 'pending' AND t.due_at <= :now
+  AND EXISTS (SELECT 1 FROM stent_executions AS e
+              WHERE e.id = t.execution_id AND e.state IN ('pending', 'running'))
   AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
   AND (t.kind = 'sleep' OR (
         (:queues IS NULL
@@ -79,6 +81,8 @@ UNION ALL
 SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
 FROM stent_tasks AS t
 WHERE t.state = 'running' AND t.lease_expires_at < :now
+  AND EXISTS (SELECT 1 FROM stent_executions AS e
+              WHERE e.id = t.execution_id AND e.state IN ('pending', 'running'))
   AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
   AND (t.kind = 'sleep' OR (
         (:queues IS NULL
@@ -152,7 +156,7 @@ SET state = :state,
              ELSE progress END,
         '$[#]', json(:entry))
 WHERE id = :execution_id
-  AND state NOT IN ('completed', 'failed', 'timed_out', 'cancelled');
+  AND state IN ('pending', 'running');
 
 -- upsert_dead_letter --
 -- A task dead-lettered again keeps its place (ordinal) in the list, as a dict key would.
@@ -319,3 +323,75 @@ SET state = 'running',
              ELSE progress END,
         '$[#]', json(:entry))
 WHERE id = :execution_id AND state = 'failed';
+
+-- task_execution_state --
+-- The state of the execution of a task held at :fence (no row: not held).
+SELECT t.execution_id, e.state AS execution_state
+FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = :id AND t.fence = :fence AND t.state = 'running';
+
+-- parent_execution_state --
+SELECT e.state FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = :parent_id;
+
+-- execution_state --
+SELECT state FROM stent_executions WHERE id = :id;
+
+-- cancel_held_task --
+UPDATE stent_tasks
+SET state = 'cancelled', finished_at = :now, worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND fence = :fence AND state = 'running'
+RETURNING execution_id, parent_id;
+
+-- cancel_unfinished_tasks --
+-- Pending and waiting tasks of an execution; running ones too when :running.
+UPDATE stent_tasks
+SET state = 'cancelled', finished_at = :now, worker_id = NULL, lease_expires_at = NULL
+WHERE execution_id = :id
+  AND (state IN ('pending', 'waiting') OR (:running AND state = 'running'));
+
+-- mark_execution_cancelling --
+UPDATE stent_executions
+SET state = 'cancelling', error = :error,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :id AND state IN ('pending', 'running');
+
+-- settle_cancelling_execution --
+-- A cancelling execution is cancelled once none of its tasks runs any more.
+UPDATE stent_executions
+SET state = 'cancelled', finished_at = :now,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :id AND state = 'cancelling'
+  AND NOT EXISTS (SELECT 1 FROM stent_tasks WHERE execution_id = :id AND state = 'running');
+
+-- expired_executions --
+SELECT id FROM stent_executions
+WHERE state IN ('pending', 'running') AND deadline IS NOT NULL AND deadline < :now
+ORDER BY deadline
+LIMIT :limit;
+
+-- time_out_execution --
+UPDATE stent_executions
+SET state = 'timed_out', error = :error, finished_at = :now,
+    progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = :id AND state IN ('pending', 'running');
+
+-- orphans_of_stopped_executions --
+-- Running tasks of cancelling or finished executions whose workers died (lease expired).
+SELECT t.id, t.fence, t.execution_id
+FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.state = 'running' AND t.lease_expires_at < :now
+  AND e.state NOT IN ('pending', 'running');
+
+-- dead_letter_execution_stopped --
+SELECT 1 FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = :task_id AND e.state IN ('cancelling', 'cancelled', 'timed_out');

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from .base import ConformanceBase
 from .builders import T0, at, claim_filter, new_execution, new_id, new_task
+from .cancellation import CancellationContract
 from .claims import ClaimContract
 from .cleanup import CleanupContract
 from .concurrency import ConcurrencyContract
@@ -78,6 +79,7 @@ __all__ = [
 
 
 class BackendConformance(
+    CancellationContract,
     ExecutionContract,
     ClaimContract,
     FencingContract,
