@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from . import cleanup, db, demo, dlq, executions, history, stats, tasks, worker
+from . import cleanup, control, db, demo, dlq, executions, history, stats, tasks, worker
 from .dburl import scrub
 from .errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, CliError, UsageError
 from .session import add_db_options
@@ -29,7 +29,7 @@ __all__ = ["CliError", "UsageError", "build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 #: Command groups, in the order ``stent --help`` lists them.
-COMMAND_MODULES = (demo, worker, db, executions, tasks, stats, dlq, cleanup, history)
+COMMAND_MODULES = (demo, worker, db, executions, tasks, control, stats, dlq, cleanup, history)
 DEBUG_ENV_VAR = "STENT_DEBUG"
 """Set to 1 to get a traceback (passwords scrubbed) for an unexpected error."""
 
