@@ -402,7 +402,10 @@ class Stent:
         limit = parse_optional_duration(expiry)
         if not self._notifications_started:
             await self._start_notifications()
-        fut = self.hub.watch(execution_id)  # the root task's id is the execution's id
+        recent = self.hub.recent(execution_id)  # the root task's id is the execution's id
+        if recent is not None and recent.state == "completed":
+            return self._result(recent.state, recent.result, None)
+        fut = self.hub.watch(execution_id)
         try:
             ex = await self._get_execution(execution_id)
             if ex.state in TERMINAL_EXECUTION_STATES:

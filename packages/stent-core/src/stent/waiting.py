@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stent.waiting")
 
+#: how many recently finished outcomes a hub remembers
+_RECENT_LIMIT = 10_000
+
 #: outages: at most one WARNING per this many seconds, retries at most this far apart
 _WARN_EVERY_S = 30.0
 _MAX_RETRY_S = 5.0
@@ -36,6 +39,8 @@ class CompletionHub:
         self._waiters: dict[str, list[asyncio.Future[TaskOutcome]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
+        #: outcomes of tasks finished here lately, oldest first (bounded)
+        self._recent: dict[str, TaskOutcome] = {}
         # outage logging: when the last WARNING was written, and whether polls are failing
         self._last_warning: float | None = None
         self._failing = False
@@ -67,8 +72,17 @@ class CompletionHub:
         finally:
             self.unwatch(task_id, fut)
 
+    def recent(self, task_id: str) -> TaskOutcome | None:
+        """The outcome of ``task_id`` if it finished in this process recently (a finished
+        task's outcome never changes, so ``wait_for`` may answer from it without a read)."""
+        return self._recent.get(task_id)
+
     def resolve(self, outcome: TaskOutcome) -> None:
         """Hand ``outcome`` to everyone waiting for its task."""
+        if outcome.state in ("completed", "failed"):
+            self._recent[outcome.task_id] = outcome
+            if len(self._recent) > _RECENT_LIMIT:
+                del self._recent[next(iter(self._recent))]
         for fut in self._waiters.pop(outcome.task_id, ()):
             if not fut.done():
                 fut.set_result(outcome)

@@ -360,7 +360,8 @@ class PostgresNotifications:
                     self._publisher.execute(_NOTIFY_SQL, channels, payloads), _PING_TIMEOUT_S)
                 return
             except Exception as exc:
-                log.debug("NOTIFY failed (%s: %s); polling covers it", type(exc).__name__, exc)
+                log.debug("NOTIFY failed; polling covers it: %s",
+                          connect_error(self._parsed_dsn, exc))
                 if self._publisher is not None:
                     self._publisher.terminate()
                 self._publisher = None
