@@ -314,10 +314,33 @@ async def test_reconnected_listener_tells_the_handler_to_look_again(dsn: str) ->
         await until(lambda: spy.count("done") >= 1, 2, "the look-again message")
         # ids unknown (something may have been lost): "look at everything"
         assert [(c, ids) for _, c, ids in spy.messages] == [("work", []), ("done", [])]
-        await nb.publish("done", ["after"])
-        await until(lambda: "after" in spy.ids("done"), 2, "a message after reconnecting")
+        other = PostgresNotifications(dsn, prefix=nb._prefix)  # another process's executor
+        try:
+            await other.publish("done", ["after"])
+            await until(lambda: "after" in spy.ids("done"), 2, "a message after reconnecting")
+        finally:
+            await other.close()
     finally:
         await nb.close()
+
+
+async def test_an_executor_does_not_hear_its_own_messages(dsn: str) -> None:
+    """What it publishes it has already acted on locally: hearing it would cost a claim."""
+    prefix = new_prefix()
+    nb = PostgresNotifications(dsn, prefix=prefix)
+    other = PostgresNotifications(dsn, prefix=prefix)
+    spy = Spy()
+    await nb.start(spy)
+    try:
+        spy.messages.clear()
+        await nb.publish("done", ["mine"])
+        await other.publish("done", ["theirs"])
+        await until(lambda: "theirs" in spy.ids("done"), 2, "the other executor's message")
+        await asyncio.sleep(0.1)
+        assert "mine" not in spy.ids("done")
+    finally:
+        await nb.close()
+        await other.close()
 
 
 async def test_messages_published_while_the_listener_is_down_are_made_up_for(

@@ -230,7 +230,12 @@ class PostgresNotifications:
         self._outbox = {c: [] for c in _CHANNELS}
 
     # -- listening ----------------------------------------------------------------------------------
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
+        publisher = self._publisher
+        if publisher is not None and not publisher.is_closed() and pid == publisher.get_server_pid():
+            # Our own message: this executor already resolved its waiters and woke its workers
+            # when it published; hearing it again would only cost an empty claim.
+            return
         self._deliver(channel.removeprefix(self._prefix + "_"), decode_payload(payload))
 
     def _deliver(self, channel: str, ids: list[str]) -> None:
