@@ -106,7 +106,20 @@ async def drop_schema(name: str, dsn: str | None = None) -> None:
     """Drop schema ``name`` and everything in it (it must be one of ours: ``stent_t_...``)."""
     if not name.startswith(SCHEMA_PREFIX):
         raise ValueError(f"refusing to drop schema {name!r}: not a test schema")
-    await _schema_statement("drop_schema", name, dsn or postgres_test_dsn())
+    import asyncpg
+
+    # A test may leave a background write of its own still running against the schema (a
+    # worker giving back leases after it was cancelled); DROP then meets its locks and
+    # PostgreSQL may pick the DROP as the deadlock victim. Waiting a moment and retrying is
+    # enough: those writes are short.
+    for attempt in range(1, 6):
+        try:
+            await _schema_statement("drop_schema", name, dsn or postgres_test_dsn())
+            return
+        except (asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError):
+            if attempt == 5:
+                raise
+            await asyncio.sleep(0.1 * attempt)
 
 
 async def _schema_statement(query: str, name: str, dsn: str) -> None:
