@@ -618,9 +618,10 @@ class Stent:
         await self.hub.close()
         for t in list(self._background):
             t.cancel()
-        if self.notifications_backend is not None and self._notifications_started:
+        if self.notifications_backend is not None:
+            # also when it only published (a dispatch-only executor): close() is idempotent
             with contextlib.suppress(Exception):
-                await self.notifications_backend.close()
+                await asyncio.wait_for(self.notifications_backend.close(), 10)
             self._notifications_started = False
 
     # -- notifications and metrics -----------------------------------------------------------------
