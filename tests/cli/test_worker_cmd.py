@@ -102,8 +102,11 @@ def test_sigterm_drains_and_a_second_worker_finishes_everything(
 
     async def dispatch(backend: Backend) -> list[str]:
         ex = Stent(backend)
-        return [await ex.dispatch(wf.slow_workflow, k, STEPS, STEP_SECONDS,
-                                  execution_id=f"slow-{k}") for k in range(WORKFLOWS)]
+        try:
+            return [await ex.dispatch(wf.slow_workflow, k, STEPS, STEP_SECONDS,
+                                      execution_id=f"slow-{k}") for k in range(WORKFLOWS)]
+        finally:
+            await ex.shutdown()  # closes its notification publisher before the loop ends
 
     ids: list[str] = db.call(dispatch)
     first = WorkerProcess(db.args, "w1", tmp_path, journal, "--concurrency", "3", "--grace", "10")
