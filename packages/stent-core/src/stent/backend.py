@@ -13,8 +13,10 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from .records import (
+    CacheClaim,
     ClaimFilter,
     DeadLetterRecord,
+    ExecutionEffect,
     ExecutionRecord,
     Lease,
     NewExecution,
@@ -47,7 +49,8 @@ class Backend(Protocol):
     ) -> list[TaskRecord]:
         """Lease up to ``limit`` due, eligible tasks (pending ones, and running ones whose lease
         expired, which counts a crash recovery), by priority then due time. Every claim bumps
-        the task's fence. A root task's execution becomes ``running``."""
+        the task's fence. A root task's execution becomes ``running``. Built-in timers
+        (``sleep`` and ``signal`` kinds) ignore queues and tags."""
 
     async def create_step(
         self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
@@ -60,6 +63,62 @@ class Backend(Protocol):
         locally without a poll. Returns ``(task, created)``; ``task`` is the existing row when
         the key was taken."""
 
+    async def create_steps(
+        self, parent_id: str, parent_fence: int, news: Sequence[NewTask], now: datetime
+    ) -> list[tuple[TaskRecord, bool]]:
+        """``create_step`` for many children of one parent in one transaction (fan-out):
+        fenced on the parent once; each key inserted unless taken. Results in input order."""
+
+    async def create_signal_wait(
+        self, parent_id: str, parent_fence: int, new: NewTask, signal_name: str, now: datetime
+    ) -> tuple[TaskRecord, bool]:
+        """Insert a ``signal`` step at its step key unless one is there (fenced on the parent
+        like ``create_step``). When it is created and a signal ``signal_name`` sent to the
+        execution is still unconsumed, the oldest one is consumed by it: the task is born
+        ``completed`` with that payload as its result. Otherwise it is born as ``new`` says
+        (``waiting``: no timeout; ``pending`` due at ``new.due_at``: its timeout) and joins
+        the execution's waiters of ``signal_name``, which ``send_signal`` serves in the order
+        they were created. The check and the insert are serialised per execution with
+        ``send_signal``, so a signal is never lost between them."""
+
+    async def send_signal(
+        self, execution_id: str, name: str, payload: bytes, now: datetime
+    ) -> str | None:
+        """Append a signal to the execution's queue of ``name``. If a waiter of that name is
+        still ``pending`` or ``waiting``, the oldest one consumes it at once: completed with
+        ``payload`` as its result, waking its parent as ``complete_task`` does; returns that
+        task's id. Else the signal is kept for the next wait; returns ``""``. None (and
+        nothing written) when there is no such execution."""
+
+    async def record_effect(
+        self, parent_id: str, parent_fence: int, new: NewTask, effect: ExecutionEffect,
+        now: datetime,
+    ) -> tuple[TaskRecord, bool]:
+        """Insert a born-completed step (like ``create_step``) and, only if it was created,
+        apply ``effect`` to its execution's counters or custom state in the same
+        transaction: replaying the step applies nothing."""
+
+    async def cache_claim(
+        self, key: str, task_id: str, arg_digest: str, ttl_s: float | None, now: datetime
+    ) -> CacheClaim:
+        """Look up or take the idempotency/cache key ``key`` for ``task_id`` (one
+        transaction). A stored result (``expires_at`` unset or after ``now``) is a ``hit``, or
+        a ``conflict`` if stored for another ``arg_digest``; a hit appends ``cache_hit`` to
+        the execution's progress. A key owned by another task that is not finished is
+        ``busy``. Otherwise (no row, an expired result, an owner that failed, was cancelled
+        or is gone, or ``task_id`` already the owner) ``task_id`` becomes the owner with no
+        result: ``owner``. ``complete_task`` of the owner stores its result in the entry in
+        the same transaction, with ``expires_at = now + ttl_s`` (None: never)."""
+
+    async def cleanup_cache(self, now: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` cache entries whose result expired before ``now``."""
+
+    async def acquire_maintenance(
+        self, name: str, holder: str, until: datetime, now: datetime
+    ) -> bool:
+        """Take or renew the maintenance lease ``name`` for ``holder`` until ``until``: True
+        if it was free, expired (before ``now``) or already held by ``holder``."""
+
     async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
         """Every recorded child of ``parent_id`` at ``attempt`` (one query: replay prefetch)."""
 
@@ -67,7 +126,8 @@ class Backend(Protocol):
         self, task_id: str, fence: int, result: bytes, now: datetime
     ) -> bool:
         """Record a result. False (and no change) if the fence is stale or the task is not
-        running. Wakes a suspended parent; completes the execution for a root task."""
+        running. Wakes a suspended parent; completes the execution for a root task; stores
+        the result in the cache entry this task owns, if any (see ``cache_claim``)."""
 
     async def fail_task(
         self, task_id: str, fence: int, error: bytes, now: datetime,
@@ -150,11 +210,13 @@ class Backend(Protocol):
         """Pending tasks in ``queue`` (None: the default queue)."""
 
     # -- maintenance and dead letters --------------------------------------------------------
-    async def cleanup_executions(self, older_than: datetime) -> int:
-        """Delete terminal executions finished before ``older_than`` with all their rows."""
+    async def cleanup_executions(self, older_than: datetime, limit: int | None = None) -> int:
+        """Delete terminal executions finished before ``older_than`` with all their rows
+        (tasks, signals, signal waiters); at most ``limit`` executions when given. Cache
+        entries holding a result outlive their execution (until they expire)."""
 
-    async def cleanup_dead_letters(self, older_than: datetime) -> int:
-        """Delete dead letters written before ``older_than``."""
+    async def cleanup_dead_letters(self, older_than: datetime, limit: int | None = None) -> int:
+        """Delete dead letters written before ``older_than`` (at most ``limit`` when given)."""
 
     async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
         """Dead letters, newest first."""

@@ -50,6 +50,10 @@ class TaskKind(StrEnum):
 
     FUNCTION = "function"
     SLEEP = "sleep"
+    #: a wait for a signal: born ``waiting`` (no timeout) or ``pending`` due at its timeout;
+    #: completed by ``send_signal`` with the payload, or failed with ``SignalTimeoutError``
+    #: by the worker that claims it when its timeout is due
+    SIGNAL = "signal"
     #: a value recorded once and replayed (``Stent.now()``, ``Stent.uuid4()``); born completed
     VALUE = "value"
 
@@ -65,7 +69,7 @@ class TaskRecord:
         parent_attempt: the caller's attempt when it made this call (part of the step key).
         seq: sequence number of this call within the caller's attempt (part of the step key).
         step_name: registered name of the function (or ``stent.sleep`` etc. for built-ins).
-        kind: ``function``, ``sleep`` or ``value``.
+        kind: ``function``, ``sleep``, ``signal`` or ``value``.
         state: one of :class:`TaskStatus`.
         args: encoded arguments.
         arg_digest: digest of name and encoded arguments, compared on replay.
@@ -113,6 +117,8 @@ class TaskRecord:
     idempotency_key: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: W3C ``traceparent`` of the span that created this task (None without tracing)
+    trace_context: str | None = None
 
     def copy(self) -> TaskRecord:
         """A detached copy (backends never hand out their own objects)."""
@@ -215,7 +221,8 @@ class ClaimFilter:
         """Whether ``task`` is eligible for a worker with this filter."""
         if task.kind == TaskKind.FUNCTION and task.step_name not in self.names:
             return False
-        if task.kind == TaskKind.SLEEP:
+        if task.kind in (TaskKind.SLEEP, TaskKind.SIGNAL):
+            # timers ignore queues and tags: any worker fires them
             return True
         if self.queues is not None and task.queue not in self.queues:
             return False
@@ -253,6 +260,8 @@ class NewTask:
     attempt: int = 1
     retries: int = 0
     dead_letter_reason: str | None = None
+    #: W3C ``traceparent`` of the span that created this task (None without tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,3 +285,39 @@ class Lease:
 
     worker_id: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CacheClaim:
+    """What ``Backend.cache_claim`` found under an idempotency/cache key.
+
+    Attributes:
+        status: ``owner`` (the caller now owns the key and runs the body), ``hit`` (a live
+            result is stored: ``result``), ``busy`` (another unfinished task owns the key:
+            ``owner_task_id``; wait for it and ask again) or ``conflict`` (a live result is
+            stored for other arguments: ``arg_digest`` is theirs).
+    """
+
+    status: str
+    result: bytes | None = None
+    owner_task_id: str | None = None
+    arg_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionEffect:
+    """A change to an execution's counters or custom state, applied exactly once together
+    with the step that records it (``Backend.record_effect``).
+
+    Attributes:
+        kind: ``increment`` (counter ``name`` += ``delta``) or ``set_state`` (custom state
+            ``name`` = the JSON value ``value_json``).
+        name: counter or state key (validated by the engine against the name pattern).
+        delta: the increment.
+        value_json: the new state value, as JSON text.
+    """
+
+    kind: str
+    name: str
+    delta: int = 0
+    value_json: str = "null"
