@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, overload
 
 from . import steps
 from .backend import Backend, NotificationBackend
+from .caching import cache_key, uses_cache
 from .clock import Clock, SystemClock, hint_due
 from .context import ExecutionContext, require_task_context
 from .durable import DurableFunction, default_registry
@@ -25,12 +26,13 @@ from .errors import (
     ExecutionNotFinished,
     ExecutionNotFound,
     ExpiryError,
+    IdempotencyConflictError,
     UnregisteredFunctionError,
 )
 from .health import HealthServer, metrics_text_of
 from .inspection import ExecutionState, execution_state, export_history
 from .lifecycle import WorkerLifecycle
-from .names import check_priority, check_queue, check_tags
+from .names import check_name, check_priority, check_queue, check_tags
 from .records import (
     TERMINAL_EXECUTION_STATES,
     DeadLetterRecord,
@@ -42,7 +44,14 @@ from .records import (
 )
 from .registry import FunctionRegistry
 from .result import Result
-from .serialization import Serializer, decode_error, encode_error, resolve_serializer
+from .serialization import (
+    Serializer,
+    check_payload_size,
+    decode_error,
+    dumps_with_path,
+    encode_error,
+    resolve_serializer,
+)
 from .waiting import CompletionHub
 from .worker import Worker
 
@@ -284,7 +293,23 @@ class Stent:
         if created:
             self._announce_work(new.root.due_at)
             self._announce_deadline(new.deadline)
+        else:
+            await self._check_same_call(eid, new, execution_id, idempotency_key)
         return eid
+
+    async def _check_same_call(self, eid: str, new: NewExecution, execution_id: str | None,
+                               idempotency_key: str | None) -> None:
+        """A reused ``execution_id``/``idempotency_key`` must name the same call."""
+        ex = await self.backend.get_execution(eid)
+        if ex is None:
+            return  # cleaned up meanwhile: nothing to compare against
+        if ex.function != new.function or ex.args != new.args:
+            what = (f"idempotency_key {idempotency_key!r}" if idempotency_key is not None
+                    else f"execution_id {execution_id!r}")
+            raise IdempotencyConflictError(
+                f"{what} already names execution {eid} of {ex.function} with other "
+                f"arguments; this dispatch of {new.function} was not started"
+            )
 
     def _new_execution(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, max_duration: object,
@@ -306,6 +331,8 @@ class Stent:
                                             or not idempotency_key or len(idempotency_key) > 1000):
             raise ValueError(f"invalid idempotency_key {idempotency_key!r}: expected a non-empty str")
         payload = steps.encode_call(self, func.name, args, kwargs)
+        if uses_cache(func):
+            cache_key(func, self.serializer, args, kwargs)  # a bad key fails at dispatch
         now = self.clock.now()
         eid = execution_id or uuid.uuid4().hex
         due = now + wait
@@ -480,6 +507,32 @@ class Stent:
         if state == "cancelled":
             self.hub.resolve(TaskOutcome(execution_id, "cancelled", None, error))
         return state
+
+    async def send_signal(self, execution_id: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` with ``payload`` to an execution (SPEC §9).
+
+        Signals queue per (execution, name) in the order sent; each
+        ``Stent.wait_for_signal(name)`` consumes the next one. One sent before anybody waits
+        is kept for the next wait; none is lost or delivered twice.
+
+        Raises:
+            ExecutionNotFound: no such execution (nothing is written).
+            ValueError: ``name`` outside ``[A-Za-z0-9_.:-]{1,200}``.
+            SerializationError, PayloadTooLargeError: a payload that cannot be stored.
+        """
+        if not isinstance(execution_id, str) or not execution_id:
+            raise ExecutionNotFound(f"invalid execution id {execution_id!r}")
+        name = check_name("signal", name)
+        data = dumps_with_path(self.serializer, payload, f"payload of signal {name!r}")
+        check_payload_size(data, self.max_payload_bytes, f"the payload of signal {name!r}")
+        delivered = await self.backend.send_signal(execution_id, name, data, self.clock.now())
+        if delivered is None:
+            raise ExecutionNotFound(f"no execution with id {execution_id!r}")
+        if delivered:
+            self.hub.resolve(TaskOutcome(delivered, "completed", data, None))
+            self.publish("done", delivered)
+            # its caller may have been suspended: storage made it claimable again
+            self._announce_work(self.clock.now())
 
     def stop_local_tasks(self, execution_ids: Sequence[str], reason: str) -> None:
         """Stop this process's running tasks of these executions."""
@@ -687,12 +740,31 @@ class Stent:
         await steps.durable_sleep(ctx, delay)
 
     @staticmethod
+    async def wait_for_signal(name: str, timeout: object = None) -> Any:
+        """Wait for the next signal ``name`` sent to this execution and return its payload.
+
+        A signal sent before the wait is consumed at once. The wait is a durable step: it
+        survives restarts, and a long one suspends the task (no coroutine, lease or slot).
+
+        Raises:
+            SignalTimeoutError: ``timeout`` (a duration) passed first.
+            NotInExecutionContext: called outside a running task.
+            ValueError: a bad name or timeout.
+        """
+        name = check_name("signal", name)
+        limit = parse_optional_duration(timeout)
+        ctx = require_task_context("Stent.wait_for_signal()")
+        return await steps.wait_signal(ctx, name, limit)
+
+    @staticmethod
     def context() -> ExecutionContext:
-        """What the running task may know about itself."""
+        """What the running task may know about itself, and its execution's counters and
+        custom state (``await Stent.context().increment("emails")``)."""
         ctx = require_task_context("Stent.context()")
         t = ctx.task
         return ExecutionContext(execution_id=t.execution_id, task_id=t.id, attempt=t.attempt,
-                                idempotency_key=t.idempotency_key, step_name=t.step_name)
+                                idempotency_key=t.idempotency_key, step_name=t.step_name,
+                                _task=ctx)
 
     @staticmethod
     async def now() -> datetime:

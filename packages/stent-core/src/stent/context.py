@@ -109,7 +109,8 @@ def require_task_context(what: str) -> TaskContext:
 
 @dataclass(frozen=True)
 class ExecutionContext:
-    """What a running task may know about itself (``Stent.context()``).
+    """What a running task may know about itself (``Stent.context()``), and its execution's
+    counters and custom state.
 
     Attributes:
         execution_id: the execution this task belongs to.
@@ -126,3 +127,60 @@ class ExecutionContext:
     idempotency_key: str
     step_name: str
     extra: dict[str, Any] = field(default_factory=dict)
+    _task: TaskContext | None = field(default=None, repr=False, compare=False)
+
+    async def increment(self, counter: str, by: int = 1) -> None:
+        """Add ``by`` to the execution's counter ``counter`` (starting at 0), exactly once:
+        the change is recorded as a step with it, so a replay or re-run of this task does
+        not apply it again. ``state_of(...).counters`` shows the totals.
+
+        Raises:
+            ValueError: a counter name outside ``[A-Za-z0-9_.:-]{1,200}`` or a non-int ``by``.
+        """
+        from .names import check_name
+        from .records import ExecutionEffect
+        from .steps import record_effect
+
+        counter = check_name("counter", counter)
+        if isinstance(by, bool) or not isinstance(by, int) or abs(by) > 2**53:
+            raise ValueError(f"invalid increment {by!r} for counter {counter!r}: expected an int")
+        await record_effect(self._require(), ExecutionEffect("increment", counter, delta=by))
+
+    async def set_state(self, key: str, value: Any) -> None:
+        """Set the execution's custom state ``key`` to ``value`` (JSON: None, bool, int,
+        float, str, lists and dicts of them), exactly once like :meth:`increment`.
+        ``state_of(...).custom_state`` shows it.
+
+        Raises:
+            ValueError: a key outside ``[A-Za-z0-9_.:-]{1,200}``.
+            SerializationError: a value that is not plain JSON (naming where).
+        """
+        import json
+
+        from .errors import SerializationError
+        from .names import check_name
+        from .records import ExecutionEffect
+        from .steps import record_effect
+
+        key = check_name("custom state key", key)
+        try:
+            text = json.dumps(value, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"custom state {key!r} must be plain JSON (None, bool, int, float, str, "
+                f"list, dict with str keys): {exc}"
+            ) from None
+        ctx = self._require()
+        from .serialization import check_payload_size
+
+        check_payload_size(text.encode(), ctx.executor.max_payload_bytes,
+                           f"custom state {key!r}")
+        await record_effect(ctx, ExecutionEffect("set_state", key, value_json=text))
+
+    def _require(self) -> TaskContext:
+        if self._task is None or _current.get() is not self._task:
+            raise NotInExecutionContext(
+                "counters and custom state can only be changed by the task whose "
+                "Stent.context() this is, while it runs"
+            )
+        return self._task

@@ -113,6 +113,12 @@ class DurableFunction(Generic[P, R]):
             executor = Stent.current()
             if executor is not None:
                 return executor.call_and_wait(_builtin_map(), (self.name, calls), {})
+        ctx = current_task_context()
+        if ctx is not None and len(calls) > _INLINE_MAP_LIMIT:
+            from .steps import start_map
+
+            # A large fan-out: children inserted and awaited in batches (one write each).
+            return start_map(ctx, self, calls)
         return _gather([self(*a, **k) for a, k in calls])
 
     @property
@@ -121,6 +127,11 @@ class DurableFunction(Generic[P, R]):
         from .app import Stent
 
         return Stent.current()
+
+
+#: a map of at most this many calls inside a task makes them one by one (each may run at once
+#: on a free local slot); a longer one goes through storage in batches
+_INLINE_MAP_LIMIT = 16
 
 
 async def _gather(coros: list[Coroutine[Any, Any, R]]) -> list[R]:

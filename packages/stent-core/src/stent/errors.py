@@ -75,6 +75,12 @@ class SignalTimeoutError(StentError, TimeoutError):
     """``wait_for_signal(..., timeout=...)`` ran out of time."""
 
 
+class IdempotencyConflictError(StentError, ValueError):
+    """An idempotency key (a dispatch's ``idempotency_key`` or ``execution_id``, or the key
+    of an ``idempotent``/``cached`` function) was reused with other arguments: the stored
+    result belongs to another call, so it is not handed out."""
+
+
 class NotInExecutionContext(StentError, RuntimeError):
     """A task-only helper was called outside a running task."""
 

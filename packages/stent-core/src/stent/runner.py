@@ -10,11 +10,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import faults
+from .caching import cache_key, uses_cache
 from .context import TaskContext, _current
 from .errors import (
+    IdempotencyConflictError,
     LeaseLostError,
     NonDeterminismError,
     SerializationError,
+    SignalTimeoutError,
     StepTimeoutError,
     UnregisteredFunctionError,
 )
@@ -24,6 +27,7 @@ from .serialization import check_payload_size, dumps_with_path, encode_error
 from .steps import STEP_ERROR_ATTR, decode_call
 
 if TYPE_CHECKING:
+    from .durable import DurableFunction
     from .worker import Worker
 
 log = logging.getLogger("stent.runner")
@@ -87,6 +91,10 @@ class TaskRunner:
         if task.kind == TaskKind.SLEEP:
             await self._complete(rt, None)
             return
+        if task.kind == TaskKind.SIGNAL:
+            # claimed only when its timeout is due (a delivered signal completes it in storage)
+            await self._fail_final(rt, self._signal_timeout(task), None)
+            return
         if task.crash_count > ex.max_crash_recoveries:
             err = RuntimeError(
                 f"task {task.id} ({task.step_name}) was taken over after its worker died "
@@ -120,12 +128,17 @@ class TaskRunner:
         token = _current.set(ctx)
         error: BaseException | None = None
         value: Any = None
+        cached: bytes | None = None
         try:
             if faults.plan is not None:
                 await faults.plan.hit("before_step", step=task.step_name, task_id=task.id)
-            value = await fn.fn(*args, **kwargs)
-            if faults.plan is not None:
-                await faults.plan.hit("after_step_result", step=task.step_name, task_id=task.id)
+            if uses_cache(fn):
+                cached = await self._cache_gate(rt, fn, args, kwargs)
+            if cached is None:
+                value = await fn.fn(*args, **kwargs)
+                if faults.plan is not None:
+                    await faults.plan.hit("after_step_result", step=task.step_name,
+                                          task_id=task.id)
         except asyncio.CancelledError:
             reason = rt.stop_reason
             if reason == "timeout":
@@ -161,9 +174,64 @@ class TaskRunner:
         elif error is None:
             ex.metric("task_completed", queue=task.queue, step_name=task.step_name,
                       kind=task.kind, duration_s=ex.clock.monotonic() - started)
-            await self._complete(rt, value)
+            if cached is not None:
+                await self._record_result(rt, cached)
+            else:
+                await self._complete(rt, value)
         else:
             await self._fail(rt, error)
+
+    async def _cache_gate(
+        self, rt: RunningTask, fn: DurableFunction[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> bytes | None:
+        """Before an ``idempotent``/``cached`` body runs: the stored result of its key (a hit),
+        or None once this task owns the key and runs the body. While another unfinished task
+        owns it, wait for that one and ask again: one key never runs two bodies at once.
+
+        Raises:
+            IdempotencyConflictError: the key holds a result of other arguments.
+        """
+        task = rt.record
+        ex = self.executor
+        key = cache_key(fn, ex.serializer, args, kwargs)
+        ttl = fn.cache_ttl.total_seconds() if fn.cached and fn.cache_ttl is not None else None
+        failures = 0
+        while True:
+            try:
+                claim = await ex.backend.cache_claim(key, task.id, task.arg_digest, ttl,
+                                                     ex.clock.now())
+            except Exception as exc:
+                failures += 1
+                if failures >= 5:
+                    raise
+                log.warning("cache lookup for task %s failed (%s); retrying", task.id, exc,
+                            extra={"execution_id": task.execution_id, "task_id": task.id})
+                await ex.clock.sleep(min(5.0, 0.5 * 2 ** failures))
+                continue
+            if claim.status == "owner":
+                return None
+            if claim.status == "hit":
+                assert claim.result is not None
+                return claim.result
+            if claim.status == "conflict":
+                raise IdempotencyConflictError(
+                    f"{fn.name}: its idempotency key {key!r} holds the result of a call with "
+                    f"other arguments (digest {claim.arg_digest}, this call {task.arg_digest}); "
+                    "refusing to return another call's result"
+                )
+            assert claim.owner_task_id is not None
+            await ex.hub.wait(claim.owner_task_id)
+
+    def _signal_timeout(self, task: TaskRecord) -> SignalTimeoutError:
+        try:
+            name, timeout_s = self.executor.serializer.loads(task.args)
+        except Exception:  # an unreadable payload still times out, just less descriptively
+            name, timeout_s = "?", None
+        return SignalTimeoutError(
+            f"no signal {name!r} reached execution {task.execution_id} within "
+            f"{timeout_s}s (wait_for_signal timeout)"
+        )
 
     def _start_watchdog(self, rt: RunningTask, timeout: timedelta | None) -> asyncio.Task[None] | None:
         if timeout is None:
@@ -185,6 +253,11 @@ class TaskRunner:
         except SerializationError as exc:
             await self._fail_final(rt, exc, f"unserializable result: {exc}")
             return
+        await self._record_result(rt, result)
+
+    async def _record_result(self, rt: RunningTask, result: bytes) -> None:
+        task = rt.record
+        ex = self.executor
         if not rt.materialized:
             ok = await self._write_inline(rt, state="completed", result=result)
         else:
@@ -199,6 +272,9 @@ class TaskRunner:
         ex = self.executor
         if isinstance(exc, NonDeterminismError):
             await self._fail_final(rt, exc, "non-determinism on replay")
+            return
+        if isinstance(exc, IdempotencyConflictError):
+            await self._fail_final(rt, exc, None)  # no retry can make the arguments match
             return
         if getattr(exc, STEP_ERROR_ATTR, None) is not None:
             # The error came up unchanged from a step that already used its own retries and

@@ -10,13 +10,15 @@ now raises ``NonDeterminismError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import faults
+from .caching import cache_key, uses_cache
 from .context import TaskContext
 from .errors import (
     ExecutionCancelledError,
@@ -24,7 +26,7 @@ from .errors import (
     NonDeterminismError,
     SerializationError,
 )
-from .records import NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
+from .records import ExecutionEffect, NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
 from .serialization import check_payload_size, decode_error, dumps_with_path
 
 if TYPE_CHECKING:
@@ -34,9 +36,14 @@ if TYPE_CHECKING:
 #: attribute set on an exception raised into a parent by a failed step
 STEP_ERROR_ATTR = "__stent_step_task_id__"
 
+_W = TypeVar("_W")
+
 SLEEP_STEP = "stent.sleep"
 NOW_STEP = "stent.now"
 UUID_STEP = "stent.uuid4"
+SIGNAL_STEP = "stent.signal"
+INCREMENT_STEP = "stent.increment"
+SET_STATE_STEP = "stent.set_state"
 
 
 def encode_call(executor: Stent, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -144,6 +151,8 @@ def start_step(
     coroutine that records or replays it."""
     seq = ctx.take_seq()
     payload = encode_call(ctx.executor, fn.name, args, kwargs)
+    if uses_cache(fn):
+        cache_key(fn, ctx.executor.serializer, args, kwargs)  # a bad key fails at the call
     return _run_step(ctx, fn, seq, payload, call_digest(fn.name, payload))
 
 
@@ -165,7 +174,9 @@ async def _run_step(
     # Count the wait before the row exists, so that the slot is free for the step itself.
     with ctx.waiting_on(new.id):
         # A capped function goes through storage, where the claim counts its cap.
-        lease = ctx.worker.reserve_local_slot(new) if fn.max_concurrent is None else None
+        # So does a cached one: its key is claimed by a written task.
+        lease = (ctx.worker.reserve_local_slot(new)
+                 if fn.max_concurrent is None and not uses_cache(fn) else None)
         if lease is not None:
             # The hot path: run the step here now and write it once, with its outcome.
             task = ctx.worker.run_inline(ctx, new, lease)
@@ -194,9 +205,7 @@ async def _run_step(
     return outcome_value(executor, outcome)
 
 
-async def _insert_or_stop(
-    ctx: TaskContext, write: asyncio.Future[tuple[TaskRecord, bool]]
-) -> tuple[TaskRecord, bool]:
+async def _insert_or_stop(ctx: TaskContext, write: asyncio.Future[_W]) -> _W:
     """Await a step insert; if storage refuses it because this task lost its lease or its
     execution is being cancelled, stop this task the way a cancellation would."""
     try:
@@ -276,3 +285,185 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
             _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
         ctx.worker.timer_scheduled(task.due_at)
         outcome_value(executor, await _finished_or_wait(ctx, task))
+
+
+async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) -> Any:
+    """A signal wait: a ``signal`` step that consumes the next signal ``name`` sent to this
+    execution (one buffered before the wait included), or fails with ``SignalTimeoutError``
+    when ``timeout`` passes first."""
+    executor = ctx.executor
+    seq = ctx.take_seq()
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
+    timeout_s = timeout.total_seconds() if timeout is not None else None
+    payload = dumps_with_path(executor.serializer, [name, timeout_s], "signal")
+    digest = call_digest(SIGNAL_STEP, payload)
+    rec = ctx.history.get(seq)
+    if rec is not None:
+        _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
+        if rec.state in ("completed", "failed", "cancelled"):
+            return outcome_value(executor, rec)
+        if timeout is not None and rec.due_at is not None:
+            ctx.worker.timer_scheduled(rec.due_at)
+        return outcome_value(executor, await _await_child(ctx, rec.task_id))
+    now = executor.clock.now()
+    new = _new_step(ctx, seq, SIGNAL_STEP, TaskKind.SIGNAL, payload, digest, now,
+                    due_at=now + timeout if timeout is not None else now,
+                    state="pending" if timeout is not None else "waiting")
+    with ctx.waiting_on(new.id):
+        # Watch before the row exists: a signal delivered between the insert and the wait
+        # (by this process or, through a notification, another) cannot slip past.
+        fut = executor.hub.watch(new.id)
+        try:
+            write = asyncio.ensure_future(executor.backend.create_signal_wait(
+                ctx.task.id, ctx.task.fence, new, name, now))
+            ctx.inflight.add(write)
+            write.add_done_callback(ctx.inflight.discard)
+            task, created = await _insert_or_stop(ctx, write)
+            if not created:
+                rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                                 task.state, task.result, task.error)
+                _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
+            if task.state in ("completed", "failed", "cancelled"):
+                outcome = TaskOutcome(task.id, task.state, task.result, task.error)
+            else:
+                if timeout is not None:
+                    ctx.worker.timer_scheduled(task.due_at)
+                if task.id != new.id:
+                    executor.hub.unwatch(new.id, fut)
+                    fut = executor.hub.watch(task.id)
+                outcome = await fut
+        finally:
+            executor.hub.unwatch(new.id, fut)
+    return outcome_value(executor, outcome)
+
+
+async def record_effect(ctx: TaskContext, effect: ExecutionEffect) -> None:
+    """Change the execution's counters or custom state exactly once: the change is applied
+    in the same transaction as the step that records it, and a replay applies nothing."""
+    executor = ctx.executor
+    seq = ctx.take_seq()
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
+    name = INCREMENT_STEP if effect.kind == "increment" else SET_STATE_STEP
+    args = [effect.name, effect.delta] if effect.kind == "increment" else [
+        effect.name, effect.value_json]
+    payload = dumps_with_path(executor.serializer, args, name)
+    digest = call_digest(name, payload)
+    rec = ctx.history.get(seq)
+    if rec is not None:
+        _check_replay(ctx, seq, rec, name, digest)
+        return
+    now = executor.clock.now()
+    result = dumps_with_path(executor.serializer, None, name)
+    new = _new_step(ctx, seq, name, TaskKind.VALUE, payload, digest, now,
+                    state="completed", result=result)
+    write = asyncio.ensure_future(
+        executor.backend.record_effect(ctx.task.id, ctx.task.fence, new, effect, now))
+    task, created = await _insert_or_stop(ctx, write)
+    if not created:
+        rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                         task.state, task.result, task.error)
+        _check_replay(ctx, seq, rec, name, digest)
+
+
+#: children of one ``map`` inserted (and awaited) per batch: one write each, and at most this
+#: many outstanding waits per mapping task however long the input is
+MAP_BATCH = 500
+
+
+def start_map(
+    ctx: TaskContext, fn: DurableFunction[..., Any],
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> Coroutine[Any, Any, list[Any]]:
+    """A fan-out from inside a task: sequence numbers for every call are taken now, in input
+    order, and every argument set is encoded now (a bad one fails before anything is
+    written); the coroutine then inserts the children in batches of ``MAP_BATCH`` (one write
+    each) and awaits each batch before the next, so memory stays bounded."""
+    items: list[tuple[int, bytes, str]] = []
+    for args, kwargs in calls:
+        payload = encode_call(ctx.executor, fn.name, args, kwargs)
+        if uses_cache(fn):
+            cache_key(fn, ctx.executor.serializer, args, kwargs)
+        items.append((ctx.take_seq(), payload, call_digest(fn.name, payload)))
+    return _run_map(ctx, fn, items)
+
+
+async def _run_map(
+    ctx: TaskContext, fn: DurableFunction[..., Any], items: list[tuple[int, bytes, str]]
+) -> list[Any]:
+    executor = ctx.executor
+    if ctx.task.fence == 0:
+        await ctx.ensure_written()
+    values: list[Any] = []
+    for start in range(0, len(items), MAP_BATCH):
+        outcomes = await _map_batch(ctx, fn, items[start:start + MAP_BATCH])
+        # decode in input order: the first failure (in input order) is raised
+        values.extend(outcome_value(executor, o) for o in outcomes)
+    return values
+
+
+async def _map_batch(
+    ctx: TaskContext, fn: DurableFunction[..., Any], batch: list[tuple[int, bytes, str]]
+) -> list[TaskOutcome | StepRecord]:
+    executor = ctx.executor
+    hub = executor.hub
+    results: list[TaskOutcome | StepRecord | None] = [None] * len(batch)
+    waits: dict[int, str] = {}  # index in batch -> task id still to await
+    news: list[NewTask] = []
+    new_index: list[int] = []
+    now = executor.clock.now()
+    for i, (seq, payload, digest) in enumerate(batch):
+        rec = ctx.history.get(seq)
+        if rec is not None:
+            _check_replay(ctx, seq, rec, fn.name, digest)
+            if rec.state in ("completed", "failed", "cancelled"):
+                results[i] = rec
+            else:
+                waits[i] = rec.task_id
+            continue
+        news.append(_new_step(ctx, seq, fn.name, TaskKind.FUNCTION, payload, digest, now, fn=fn))
+        new_index.append(i)
+    with contextlib.ExitStack() as stack:
+        # Watch and count the waits before the rows exist: no outcome can slip past, and the
+        # mapping task's slot is free for its children.
+        futs: dict[str, asyncio.Future[TaskOutcome]] = {}
+        for new in news:
+            stack.enter_context(ctx.waiting_on(new.id))
+            futs[new.id] = hub.watch(new.id)
+            stack.callback(hub.unwatch, new.id, futs[new.id])
+        for task_id in waits.values():
+            if task_id not in futs:
+                stack.enter_context(ctx.waiting_on(task_id))
+                futs[task_id] = hub.watch(task_id)
+                stack.callback(hub.unwatch, task_id, futs[task_id])
+        if news:
+            write = asyncio.ensure_future(
+                executor.backend.create_steps(ctx.task.id, ctx.task.fence, news, now))
+            ctx.inflight.add(write)
+            write.add_done_callback(ctx.inflight.discard)
+            inserted = await _insert_or_stop(ctx, write)
+            any_created = False
+            for i, new, (task, created) in zip(new_index, news, inserted, strict=True):
+                seq, _, digest = batch[i]
+                if not created:
+                    rec = StepRecord(task.id, task.seq, task.step_name, task.kind,
+                                     task.arg_digest, task.state, task.result, task.error)
+                    _check_replay(ctx, seq, rec, fn.name, digest)
+                if task.state in ("completed", "failed", "cancelled"):
+                    results[i] = TaskOutcome(task.id, task.state, task.result, task.error)
+                else:
+                    waits[i] = task.id
+                    if task.id != new.id:
+                        stack.enter_context(ctx.waiting_on(task.id))
+                        futs[task.id] = hub.watch(task.id)
+                        stack.callback(hub.unwatch, task.id, futs[task.id])
+                any_created = any_created or created
+            if any_created:
+                ctx.worker.wake()
+                executor.publish("work", "")
+        for i, task_id in waits.items():
+            recent = hub.recent(task_id)
+            results[i] = recent if recent is not None else await futs[task_id]
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]

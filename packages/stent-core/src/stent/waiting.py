@@ -66,6 +66,9 @@ class CompletionHub:
 
     async def wait(self, task_id: str) -> TaskOutcome:
         """Wait for ``task_id``'s outcome."""
+        recent = self._recent.get(task_id)
+        if recent is not None:  # it finished here before the wait began
+            return recent
         fut = self.watch(task_id)
         try:
             return await fut

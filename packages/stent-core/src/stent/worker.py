@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,8 @@ _CLOCK_CHECK_S = 60.0
 
 #: a lease is lost strictly after its expiry time
 _TICK = timedelta(microseconds=1)
+#: rows deleted per cleanup transaction
+CLEANUP_BATCH = 500
 
 
 class Worker:
@@ -465,22 +467,51 @@ class Worker:
                 ex.metric("queue_depth", queue=queue, depth=depth)
 
     async def _cleanup_loop(self) -> None:
-        """Retention: delete finished executions (with their rows) and dead letters older
-        than ``retention_period``, every ``cleanup_interval``. Deletes are idempotent, so two
-        workers cleaning at once only repeat each other's work."""
+        """Retention, every ``cleanup_interval``: delete finished executions (with their rows)
+        and dead letters older than ``retention_period``, and expired cache entries. One
+        worker at a time does it (the ``cleanup`` maintenance lease), in batches of
+        ``CLEANUP_BATCH`` rows (one short transaction each)."""
         ex = self.executor
         while True:
             await poll_sleep(ex.clock, self.cleanup_interval)
-            cutoff = ex.clock.now() - self.retention
             try:
-                n = await ex.backend.cleanup_executions(cutoff)
-                d = await ex.backend.cleanup_dead_letters(cutoff)
+                await self.run_cleanup()
             except Exception as exc:
                 self.storage_trouble(exc)
-                continue
-            if n or d:
-                log.info("cleanup removed %d executions and %d dead letters older than %s",
-                         n, d, cutoff.isoformat())
+
+    async def run_cleanup(self) -> tuple[int, int, int] | None:
+        """One cleanup pass if this worker gets the maintenance lease: the numbers of
+        executions, dead letters and cache entries deleted; None if another worker holds
+        the lease."""
+        ex = self.executor
+        now = ex.clock.now()
+        # long enough for a pass; renewed between batches
+        hold = timedelta(seconds=max(60.0, self.cleanup_interval / 2))
+        if not await ex.backend.acquire_maintenance("cleanup", self.worker_id, now + hold, now):
+            return None
+        cutoff = now - self.retention
+        totals = [0, 0, 0]
+        steps: list[Callable[[], Awaitable[int]]] = [
+            lambda: ex.backend.cleanup_executions(cutoff, limit=CLEANUP_BATCH),
+            lambda: ex.backend.cleanup_dead_letters(cutoff, limit=CLEANUP_BATCH),
+            lambda: ex.backend.cleanup_cache(ex.clock.now(), limit=CLEANUP_BATCH),
+        ]
+        for i, step in enumerate(steps):
+            while True:
+                n = await step()
+                totals[i] += n
+                if n < CLEANUP_BATCH:
+                    break
+                now = ex.clock.now()
+                if not await ex.backend.acquire_maintenance("cleanup", self.worker_id,
+                                                            now + hold, now):
+                    return (totals[0], totals[1], totals[2])  # taken over: stop here
+                await asyncio.sleep(0)
+        if any(totals):
+            log.info("cleanup removed %d executions, %d dead letters and %d expired cache "
+                     "entries (cutoff %s)", totals[0], totals[1], totals[2], cutoff.isoformat(),
+                     extra={"worker_id": self.worker_id})
+        return (totals[0], totals[1], totals[2])
 
     async def _heartbeat(self) -> None:
         ex = self.executor
