@@ -8,8 +8,10 @@ suite as the SQL backends, which keeps it an honest stand-in in tests.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from stent.clock import to_utc
 from stent.errors import LeaseLostError
@@ -17,8 +19,10 @@ from stent.records import (
     LIVE_EXECUTION_STATES,
     TERMINAL_EXECUTION_STATES,
     TERMINAL_TASK_STATES,
+    CacheClaim,
     ClaimFilter,
     DeadLetterRecord,
+    ExecutionEffect,
     ExecutionRecord,
     Lease,
     NewExecution,
@@ -38,6 +42,21 @@ def _progress(ex: ExecutionRecord, event: str, now: datetime, **detail: object) 
     del ex.progress[:-PROGRESS_LIMIT]
 
 
+@dataclass(slots=True)
+class _CacheEntry:
+    """One idempotency/cache key: its owner and, once the owner completed, its result."""
+
+    owner_task_id: str
+    arg_digest: str
+    ttl_s: float | None
+    result: bytes | None = None
+    stored: bool = False
+    expires_at: datetime | None = None
+
+    def live(self, now: datetime) -> bool:
+        return self.stored and (self.expires_at is None or self.expires_at > now)
+
+
 class InMemoryBackend:
     """A backend that keeps everything in this process (lost when it exits)."""
 
@@ -50,6 +69,14 @@ class InMemoryBackend:
         self._dead: dict[str, DeadLetterRecord] = {}
         self._order = 0
         self._created_order: dict[str, int] = {}
+        #: unconsumed signals: execution -> name -> payloads, oldest first
+        self._signals: dict[str, dict[str, deque[bytes]]] = {}
+        #: signal waiters: execution -> name -> task ids in creation order
+        self._waiters: dict[str, dict[str, list[str]]] = {}
+        self._cache: dict[str, _CacheEntry] = {}
+        #: task id -> cache keys it owns without a stored result yet
+        self._cache_owned: dict[str, set[str]] = {}
+        self._maintenance: dict[str, tuple[str, datetime]] = {}
         self.closed = False
 
     async def init_db(self) -> None:
@@ -70,6 +97,7 @@ class InMemoryBackend:
             timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
             idempotency_key=new.idempotency_key, finished_at=now if finished else None,
             error=new.error, attempt=new.attempt, retries=new.retries,
+            trace_context=new.trace_context,
         )
         self._order += 1
         self._created_order[rec.id] = self._order
@@ -252,20 +280,22 @@ class InMemoryBackend:
             out.append(t.copy())
         return out
 
-    async def create_step(
-        self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
-        lease: Lease | None = None,
-    ) -> tuple[TaskRecord, bool]:
-        now = to_utc(now)
+    def _held_parent(self, parent_id: str, parent_fence: int) -> TaskRecord:
         parent = self._held(parent_id, parent_fence)
         if parent is None:
             raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
         if self._stopping(parent.execution_id):
             raise LeaseLostError(f"execution {parent.execution_id} is stopping: no new steps")
-        key = (parent_id, new.parent_attempt, new.seq)
+        return parent
+
+    def _insert_step(
+        self, parent: TaskRecord, new: NewTask, now: datetime, lease: Lease | None = None
+    ) -> tuple[TaskRecord, bool]:
+        """Insert-if-absent at the step key; the caller checked the parent's fence."""
+        key = (parent.id, new.parent_attempt, new.seq)
         existing = self._by_key.get(key)
         if existing is not None:
-            return self._tasks[existing].copy(), False
+            return self._tasks[existing], False
         rec = self._new_task_record(parent.execution_id, new, now)
         if lease is not None and rec.state == "pending":
             rec.state = "running"
@@ -277,7 +307,7 @@ class InMemoryBackend:
             rec.started_at = now
         self._tasks[rec.id] = rec
         self._by_key[key] = rec.id
-        self._children.setdefault(parent_id, []).append(rec.id)
+        self._children.setdefault(parent.id, []).append(rec.id)
         if rec.state == "failed" and new.dead_letter_reason is not None:
             self._dead[rec.id] = DeadLetterRecord(
                 task_id=rec.id, execution_id=rec.execution_id, step_name=rec.step_name,
@@ -289,7 +319,157 @@ class InMemoryBackend:
             if ex is not None:
                 _progress(ex, "retrying", now, task_id=rec.id, step=rec.step_name,
                           attempt=rec.attempt)
+        return rec, True
+
+    async def create_step(
+        self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
+        lease: Lease | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        now = to_utc(now)
+        parent = self._held_parent(parent_id, parent_fence)
+        rec, created = self._insert_step(parent, new, now, lease)
+        return rec.copy(), created
+
+    async def create_steps(
+        self, parent_id: str, parent_fence: int, news: Sequence[NewTask], now: datetime
+    ) -> list[tuple[TaskRecord, bool]]:
+        now = to_utc(now)
+        parent = self._held_parent(parent_id, parent_fence)
+        out = []
+        for new in news:
+            rec, created = self._insert_step(parent, new, now)
+            out.append((rec.copy(), created))
+        return out
+
+    # -- signals ----------------------------------------------------------------------------
+    async def create_signal_wait(
+        self, parent_id: str, parent_fence: int, new: NewTask, signal_name: str, now: datetime
+    ) -> tuple[TaskRecord, bool]:
+        now = to_utc(now)
+        parent = self._held_parent(parent_id, parent_fence)
+        existing = self._by_key.get((parent.id, new.parent_attempt, new.seq))
+        if existing is not None:
+            return self._tasks[existing].copy(), False
+        buffered = self._signals.get(parent.execution_id, {}).get(signal_name)
+        if buffered:
+            # the oldest unconsumed signal: the waiter is born completed with it
+            born = replace(new, state="completed", result=buffered.popleft(), error=None)
+            rec, _ = self._insert_step(parent, born, now)
+            return rec.copy(), True
+        rec, _ = self._insert_step(parent, new, now)
+        if rec.state in ("pending", "waiting"):
+            self._waiters.setdefault(parent.execution_id, {}).setdefault(
+                signal_name, []).append(rec.id)
         return rec.copy(), True
+
+    async def send_signal(
+        self, execution_id: str, name: str, payload: bytes, now: datetime
+    ) -> str | None:
+        now = to_utc(now)
+        if execution_id not in self._executions:
+            return None
+        waiters = self._waiters.get(execution_id, {}).get(name, [])
+        # finished waiters never wait again: drop them; claimed ones may be released, so stay
+        waiters[:] = [
+            w for w in waiters
+            if (t := self._tasks.get(w)) is not None and t.state not in TERMINAL_TASK_STATES
+        ]
+        for waiter_id in waiters:
+            t = self._tasks[waiter_id]
+            if t.state in ("pending", "waiting"):
+                waiters.remove(waiter_id)
+                if t.started_at is None:
+                    t.started_at = now
+                self._complete(t, payload, now)
+                return t.id
+        self._signals.setdefault(execution_id, {}).setdefault(name, deque()).append(payload)
+        return ""
+
+    # -- effects, cache and maintenance leases -------------------------------------------------
+    async def record_effect(
+        self, parent_id: str, parent_fence: int, new: NewTask, effect: ExecutionEffect,
+        now: datetime,
+    ) -> tuple[TaskRecord, bool]:
+        now = to_utc(now)
+        if effect.kind == "increment":
+            value: object = effect.delta
+        elif effect.kind == "set_state":
+            value = json.loads(effect.value_json)  # invalid JSON: raises, nothing written
+        else:
+            raise ValueError(f"unknown execution effect {effect.kind!r}")
+        parent = self._held_parent(parent_id, parent_fence)
+        rec, created = self._insert_step(parent, new, now)
+        ex = self._executions.get(parent.execution_id)
+        if created and ex is not None:
+            if effect.kind == "increment":
+                ex.counters[effect.name] = ex.counters.get(effect.name, 0) + effect.delta
+            else:
+                ex.custom_state[effect.name] = value
+        return rec.copy(), created
+
+    async def cache_claim(
+        self, key: str, task_id: str, arg_digest: str, ttl_s: float | None, now: datetime
+    ) -> CacheClaim:
+        now = to_utc(now)
+        entry = self._cache.get(key)
+        if entry is not None and entry.live(now):
+            if entry.arg_digest != arg_digest:
+                return CacheClaim("conflict", owner_task_id=entry.owner_task_id,
+                                  arg_digest=entry.arg_digest)
+            t = self._tasks.get(task_id)
+            ex = self._executions.get(t.execution_id) if t is not None else None
+            if ex is not None:
+                _progress(ex, "cache_hit", now, task_id=task_id, key=key)
+            return CacheClaim("hit", result=entry.result, owner_task_id=entry.owner_task_id,
+                              arg_digest=entry.arg_digest)
+        if entry is not None and not entry.stored and entry.owner_task_id != task_id:
+            owner = self._tasks.get(entry.owner_task_id)
+            if owner is not None and owner.state not in TERMINAL_TASK_STATES:
+                return CacheClaim("busy", owner_task_id=entry.owner_task_id,
+                                  arg_digest=entry.arg_digest)
+        if entry is not None:
+            self._disown(entry.owner_task_id, key)
+        self._cache[key] = _CacheEntry(owner_task_id=task_id, arg_digest=arg_digest, ttl_s=ttl_s)
+        self._cache_owned.setdefault(task_id, set()).add(key)
+        return CacheClaim("owner", owner_task_id=task_id, arg_digest=arg_digest)
+
+    def _disown(self, task_id: str, key: str) -> None:
+        owned = self._cache_owned.get(task_id)
+        if owned is not None:
+            owned.discard(key)
+            if not owned:
+                del self._cache_owned[task_id]
+
+    def _store_cached_result(self, task_id: str, result: bytes, now: datetime) -> None:
+        for key in self._cache_owned.pop(task_id, set()):
+            entry = self._cache.get(key)
+            if entry is None or entry.owner_task_id != task_id:
+                continue
+            entry.result = result
+            entry.stored = True
+            entry.expires_at = (
+                None if entry.ttl_s is None else now + timedelta(seconds=entry.ttl_s)
+            )
+
+    async def cleanup_cache(self, now: datetime, limit: int = 1000) -> int:
+        now = to_utc(now)
+        expired = sorted(
+            ((e.expires_at, k) for k, e in self._cache.items()
+             if e.stored and e.expires_at is not None and e.expires_at < now),
+        )
+        for _, key in expired[:max(limit, 0)]:
+            del self._cache[key]
+        return min(len(expired), max(limit, 0))
+
+    async def acquire_maintenance(
+        self, name: str, holder: str, until: datetime, now: datetime
+    ) -> bool:
+        now = to_utc(now)
+        current = self._maintenance.get(name)
+        if current is not None and current[0] != holder and current[1] >= now:
+            return False
+        self._maintenance[name] = (holder, to_utc(until))
+        return True
 
     async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
         out = []
@@ -306,15 +486,20 @@ class InMemoryBackend:
         t = self._held(task_id, fence)
         if t is None:
             return False
+        self._complete(t, result, now)
+        return True
+
+    def _complete(self, t: TaskRecord, result: bytes, now: datetime) -> None:
+        """Complete ``t`` (held by its worker, or a signal waiter being served)."""
         t.state = "completed"
         t.result = result
         t.error = None
         t.finished_at = now
         t.worker_id = None
         t.lease_expires_at = None
+        self._store_cached_result(t.id, result, now)
         self._wake_parent(t)
         self._finish_execution(t, "completed", now, result, None)
-        return True
 
     async def fail_task(
         self, task_id: str, fence: int, error: bytes, now: datetime,
@@ -482,18 +667,22 @@ class InMemoryBackend:
         return sum(1 for t in self._tasks.values() if t.state == "pending" and t.queue == queue)
 
     # -- maintenance and dead letters ------------------------------------------------------------
-    async def cleanup_executions(self, older_than: datetime) -> int:
+    async def cleanup_executions(self, older_than: datetime, limit: int | None = None) -> int:
         older_than = to_utc(older_than)
-        doomed = [
-            e.id for e in self._executions.values()
-            if e.state in TERMINAL_EXECUTION_STATES and e.finished_at is not None
-            and e.finished_at < older_than
-        ]
+        finished = sorted(
+            (e for e in self._executions.values()
+             if e.state in TERMINAL_EXECUTION_STATES and e.finished_at is not None
+             and e.finished_at < older_than),
+            key=lambda e: (e.finished_at, self._created_order[e.root_task_id]),
+        )
+        doomed = [e.id for e in (finished if limit is None else finished[:max(limit, 0)])]
         gone = set(doomed)
         for eid in doomed:
             ex = self._executions.pop(eid)
             if ex.idempotency_key is not None:
                 self._idem.pop(ex.idempotency_key, None)
+            self._signals.pop(eid, None)
+            self._waiters.pop(eid, None)
         for tid in [t.id for t in self._tasks.values() if t.execution_id in gone]:
             t = self._tasks.pop(tid)
             self._created_order.pop(tid, None)
@@ -501,12 +690,21 @@ class InMemoryBackend:
             if t.parent_id is not None:
                 self._by_key.pop((t.parent_id, t.parent_attempt, t.seq), None)
             self._dead.pop(tid, None)
+            # an entry without a result dies with its owner; a stored result outlives it
+            for key in self._cache_owned.pop(tid, set()):
+                entry = self._cache.get(key)
+                if entry is not None and entry.owner_task_id == tid and not entry.stored:
+                    del self._cache[key]
         return len(doomed)
 
-    async def cleanup_dead_letters(self, older_than: datetime) -> int:
+    async def cleanup_dead_letters(self, older_than: datetime, limit: int | None = None) -> int:
         older_than = to_utc(older_than)
-        doomed = [k for k, d in self._dead.items() if d.created_at < older_than]
-        for k in doomed:
+        doomed = sorted(
+            (d.created_at, k) for k, d in self._dead.items() if d.created_at < older_than
+        )
+        if limit is not None:
+            doomed = doomed[:max(limit, 0)]
+        for _, k in doomed:
             del self._dead[k]
         return len(doomed)
 

@@ -36,40 +36,56 @@ The tests are grouped by concern, one module each: dispatch (:mod:`.executions`)
 leases (:mod:`.claims`), fencing (:mod:`.fencing`), steps and replay keys (:mod:`.steps`),
 completion, failure, retry and suspension (:mod:`.outcomes`), dead letters
 (:mod:`.deadletters`), inspection, operator calls and detached records (:mod:`.inspection`),
-retention (:mod:`.cleanup`), times (:mod:`.times`) and races (:mod:`.concurrency`).
+retention (:mod:`.cleanup`), times (:mod:`.times`), races (:mod:`.concurrency`), batches of
+steps (:mod:`.batches`), signals (:mod:`.signals`), execution effects (:mod:`.effects`),
+idempotency and cache keys (:mod:`.caching`), the maintenance lease and bounded retention
+(:mod:`.maintenance`) and trace context (:mod:`.tracing`).
 """
 
 from __future__ import annotations
 
 from .base import ConformanceBase
+from .batches import StepBatchContract
 from .builders import T0, at, claim_filter, new_execution, new_id, new_task
+from .caching import CacheContract
 from .cancellation import CancellationContract
 from .claims import ClaimContract
 from .cleanup import CleanupContract
 from .concurrency import ConcurrencyContract
 from .deadletters import DeadLetterContract
+from .effects import EffectContract
 from .executions import ExecutionContract
 from .fencing import FencingContract
 from .inspection import DetachmentContract, InspectionContract
+from .maintenance import MaintenanceContract
 from .outcomes import OutcomeContract
+from .signals import SignalContract
 from .steps import StepContract
 from .times import TimeContract
+from .tracing import TraceContextContract
 
 __all__ = [
     "T0",
     "BackendConformance",
+    "CacheContract",
+    "CancellationContract",
     "ClaimContract",
     "CleanupContract",
     "ConcurrencyContract",
     "ConformanceBase",
     "DeadLetterContract",
     "DetachmentContract",
+    "EffectContract",
     "ExecutionContract",
     "FencingContract",
     "InspectionContract",
+    "MaintenanceContract",
     "OutcomeContract",
+    "SignalContract",
+    "StepBatchContract",
     "StepContract",
     "TimeContract",
+    "TraceContextContract",
     "at",
     "claim_filter",
     "new_execution",
@@ -91,6 +107,12 @@ class BackendConformance(
     CleanupContract,
     TimeContract,
     ConcurrencyContract,
+    StepBatchContract,
+    SignalContract,
+    EffectContract,
+    CacheContract,
+    MaintenanceContract,
+    TraceContextContract,
 ):
     """Every conformance test of the ``stent.Backend`` contract.
 

@@ -10,9 +10,20 @@ from datetime import datetime
 from typing import Any
 
 from stent.backend import Backend
-from stent.records import ClaimFilter, ExecutionRecord, Lease, NewExecution, TaskRecord
+from stent.records import (
+    ClaimFilter,
+    ExecutionRecord,
+    Lease,
+    NewExecution,
+    NewTask,
+    TaskKind,
+    TaskRecord,
+)
 
 from .builders import T0, at, claim_filter, new_execution, new_task
+
+#: The step name of the suite's signal waits (the engine's own; any name does for a backend).
+SIGNAL_STEP = "stent.signal"
 
 #: The lease the suite's claims run until, unless a test says otherwise.
 LEASE_UNTIL = at(60)
@@ -112,3 +123,38 @@ async def stored_execution(backend: Backend, execution_id: str) -> ExecutionReco
 def events(ex: ExecutionRecord) -> list[str]:
     """The event names of an execution's progress log, in order."""
     return [str(entry.get("event")) for entry in ex.progress]
+
+
+def signal_step(
+    parent: TaskRecord, seq: int, *, timeout_at: datetime | None = None, **fields: Any
+) -> NewTask:
+    """The row of a signal wait at ``(parent.id, parent.attempt, seq)``: born ``waiting``
+    without a timeout, or ``pending`` due at ``timeout_at``."""
+    fields.setdefault("name", SIGNAL_STEP)
+    return new_task(
+        parent_id=parent.id, parent_attempt=parent.attempt, seq=seq, kind=TaskKind.SIGNAL,
+        state="waiting" if timeout_at is None else "pending",
+        due_at=timeout_at if timeout_at is not None else T0, **fields,
+    )
+
+
+async def wait_signal(
+    backend: Backend,
+    parent: TaskRecord,
+    seq: int,
+    name: str,
+    *,
+    timeout_at: datetime | None = None,
+    now: datetime = T0,
+    **fields: Any,
+) -> TaskRecord:
+    """Create a new signal wait for ``name`` under a held ``parent`` (see :func:`signal_step`).
+
+    Returns:
+        The created wait: ``completed`` if it consumed a buffered signal, else waiting.
+    """
+    new = signal_step(parent, seq, timeout_at=timeout_at, **fields)
+    task, created = await backend.create_signal_wait(parent.id, parent.fence, new, name, now)
+    assert created, f"step {seq} of {parent.id} already existed"
+    assert task.id == new.id
+    return task

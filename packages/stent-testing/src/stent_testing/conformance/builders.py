@@ -70,13 +70,14 @@ def new_task(
     idempotency_key: str = "",
     state: str = "pending",
     result: bytes | None = None,
+    trace_context: str | None = None,
 ) -> NewTask:
     """A :class:`~stent.records.NewTask` with sensible defaults.
 
     Args:
         id: task id; a fresh UUID when omitted.
         name: the step (function) name.
-        kind: ``function``, ``sleep`` or ``value``.
+        kind: ``function``, ``sleep``, ``signal`` or ``value``.
         parent_id: the calling task for a step; None for a root task.
         parent_attempt: the caller's attempt (part of the step key).
         seq: the call's sequence number within the caller's attempt (part of the step key).
@@ -90,8 +91,10 @@ def new_task(
         timeout_s: per-attempt time limit.
         max_concurrent: cluster-wide cap for the function.
         idempotency_key: stable key for external side effects.
-        state: ``pending``, or a terminal state for a task born finished.
+        state: ``pending``, ``waiting`` (a signal wait without timeout), or a terminal state
+            for a task born finished.
         result: the result of a task born completed.
+        trace_context: the W3C ``traceparent`` of the creating span, if any.
 
     Returns:
         The new task description.
@@ -115,6 +118,7 @@ def new_task(
         idempotency_key=idempotency_key,
         state=state,
         result=result,
+        trace_context=trace_context,
     )
 
 
@@ -133,6 +137,7 @@ def new_execution(
     retry_policy: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
     max_concurrent: int | None = None,
+    trace_context: str | None = None,
 ) -> NewExecution:
     """A :class:`~stent.records.NewExecution` whose root task carries the same routing.
 
@@ -150,6 +155,7 @@ def new_execution(
         retry_policy: the root task's stored retry policy dict.
         timeout_s: the root task's per-attempt time limit.
         max_concurrent: the root function's cluster-wide cap on running instances.
+        trace_context: the root task's W3C ``traceparent``, if any.
 
     Returns:
         The new execution description.
@@ -158,7 +164,7 @@ def new_execution(
     root = new_task(
         id=root_id, name=name, args=args, due_at=due_at, queue=queue, tags=tags,
         priority=priority, retry_policy=retry_policy, timeout_s=timeout_s,
-        max_concurrent=max_concurrent,
+        max_concurrent=max_concurrent, trace_context=trace_context,
     )
     return NewExecution(
         id=id or new_id(), function=name, args=args, root=root, queue=queue, tags=tags,
