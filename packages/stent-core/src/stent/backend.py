@@ -85,7 +85,9 @@ class Backend(Protocol):
         self, execution_id: str, name: str, payload: bytes, now: datetime
     ) -> str | None:
         """Append a signal to the execution's queue of ``name``. If a waiter of that name is
-        still ``pending`` or ``waiting``, the oldest one consumes it at once: completed with
+        still ``pending`` or ``waiting`` and its parent is unfinished and still at the attempt
+        that made the wait (a retried parent's old waits are orphans, never served), the
+        oldest such waiter consumes it at once: completed with
         ``payload`` as its result, waking its parent as ``complete_task`` does; returns that
         task's id. Else the signal is kept for the next wait; returns ``""``. None (and
         nothing written) when there is no such execution."""

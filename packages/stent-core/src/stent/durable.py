@@ -119,7 +119,7 @@ class DurableFunction(Generic[P, R]):
 
             # A large fan-out: children inserted and awaited in batches (one write each).
             return start_map(ctx, self, calls)
-        return _gather([self(*a, **k) for a, k in calls])
+        return _gather(_calls(self, calls))
 
     @property
     def executor(self) -> Stent | None:
@@ -132,6 +132,22 @@ class DurableFunction(Generic[P, R]):
 #: a map of at most this many calls inside a task makes them one by one (each may run at once
 #: on a free local slot); a longer one goes through storage in batches
 _INLINE_MAP_LIMIT = 16
+
+
+def _calls(
+    fn: DurableFunction[..., R], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> list[Coroutine[Any, Any, R]]:
+    """Make every call now (so a bad argument fails before anything runs); if one fails,
+    close the coroutines already made instead of leaving them never awaited."""
+    coros: list[Coroutine[Any, Any, R]] = []
+    try:
+        for a, k in calls:
+            coros.append(fn(*a, **k))
+    except BaseException:
+        for c in coros:
+            c.close()
+        raise
+    return coros
 
 
 async def _gather(coros: list[Coroutine[Any, Any, R]]) -> list[R]:
@@ -156,7 +172,8 @@ async def _map_root(name: str, calls: list[Any]) -> list[Any]:
     from .app import Stent
 
     fn = Stent.default_registry.get(name)
-    return await _gather([fn(*a, **k) for a, k in (_normalise_call(tuple(c)) for c in calls)])
+    # inside the root task: a long list goes out in batches (starmap decides)
+    return await fn.starmap([_normalise_call(tuple(c)) for c in calls])
 
 
 _MAP: DurableFunction[..., Any] | None = None

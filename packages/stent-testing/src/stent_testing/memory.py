@@ -376,6 +376,10 @@ class InMemoryBackend:
         ]
         for waiter_id in waiters:
             t = self._tasks[waiter_id]
+            parent = self._tasks.get(t.parent_id) if t.parent_id is not None else None
+            if parent is None or parent.attempt != t.parent_attempt \
+                    or parent.state in TERMINAL_TASK_STATES:
+                continue  # left behind by an attempt that failed: nobody reads it any more
             if t.state in ("pending", "waiting"):
                 waiters.remove(waiter_id)
                 if t.started_at is None:

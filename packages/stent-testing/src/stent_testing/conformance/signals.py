@@ -7,6 +7,7 @@ from stent.backend import Backend
 from stent.errors import LeaseLostError
 
 from .arrange import (
+    claim_only,
     dispatch,
     signal_step,
     start,
@@ -226,3 +227,19 @@ class SignalContract(ConformanceBase):
         assert await backend.send_signal(new.id, "n", b"1", at(3)) == first.id
         # the replay did not add a second waiter: the next signal is kept
         assert await backend.send_signal(new.id, "n", b"2", at(4)) == ""
+
+    @pytest.mark.asyncio
+    async def test_waits_left_behind_by_a_retried_parent_are_never_served(
+        self, backend: Backend
+    ) -> None:
+        new, root = await start(backend)
+        orphan = await wait_signal(backend, root, 0, "n", now=at(1))
+        assert orphan.state == "waiting"
+        # the parent's attempt fails and is retried: attempt 2 starts with fresh steps
+        assert await backend.retry_task(root.id, root.fence, b"err", at(2), at(2))
+        assert await backend.send_signal(new.id, "n", b"for attempt 2", at(3)) == ""
+        assert (await stored_task(backend, orphan.id)).state == "waiting"
+        retried = await claim_only(backend, root.id, now=at(4))
+        assert retried.attempt == 2
+        fresh = await wait_signal(backend, retried, 0, "n", now=at(5))
+        assert (fresh.state, fresh.result) == ("completed", b"for attempt 2")
