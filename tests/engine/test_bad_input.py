@@ -150,7 +150,12 @@ async def test_result_of_an_unfinished_execution_raises(ex: Stent) -> None:
     ("options", "text"),
     [({"queue": "a b"}, "queue"), ({"max_concurrent": 0}, "max_concurrent"),
      ({"timeout": "soon"}, "soon"), ({"retry_policy": 3}, "retry_policy"),
-     ({"bogus": 1}, "bogus"), ({"cache_ttl": -5}, "-5")],
+     ({"bogus": 1}, "bogus"), ({"cache_ttl": -5}, "-5"), ({"max_concurrent": -2}, "-2"),
+     ({"max_concurrent": 1.5}, "1.5"), ({"max_concurrent": True}, "True"),
+     ({"timeout": float("nan")}, "nan"), ({"timeout": float("inf")}, "inf"),
+     ({"cache_ttl": "1y"}, "1y"), ({"idempotency_key_func": "order_id"}, "idempotency_key_func"),
+     ({"tags": ["ok", "semi;colon"]}, "semi;colon"), ({"priority": 1.5}, "priority"),
+     ({"name": "  "}, "name")],
 )
 def test_bad_decorator_options_fail_at_decoration(options: dict[str, Any], text: str) -> None:
     async def fn() -> None:

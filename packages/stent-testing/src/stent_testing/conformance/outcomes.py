@@ -153,6 +153,19 @@ class OutcomeContract(ConformanceBase):
         assert again.crash_count == task.crash_count
 
     @pytest.mark.asyncio
+    async def test_progress_log_is_bounded_and_keeps_the_newest_entries(
+        self, backend: Backend
+    ) -> None:
+        new, task = await start(backend)
+        for i in range(150):
+            assert await backend.retry_task(task.id, task.fence, b'"flaky"', at(i + 1), at(i))
+            task = await claim_only(backend, task.id, now=at(i + 1), lease_until=at(i + 90))
+        ex = await stored_execution(backend, new.id)
+        assert 10 <= len(ex.progress) <= 200  # bounded (Stent's backends keep 100)
+        assert ex.progress[-1]["event"] in ("retrying", "running")
+        assert "dispatched" not in events(ex)  # the oldest entries were dropped
+
+    @pytest.mark.asyncio
     async def test_retry_records_retrying_progress(self, backend: Backend) -> None:
         new, task = await start(backend)
         await backend.retry_task(task.id, task.fence, b'"flaky"', at(30), at(5))
