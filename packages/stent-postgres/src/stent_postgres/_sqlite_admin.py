@@ -89,19 +89,32 @@ def count(db: sqlite3.Connection, query: str, **params: object) -> int:
     return int(db.execute(Q[query], params).fetchone()[0])
 
 
-def cleanup_executions(db: sqlite3.Connection, older_than: datetime) -> int:
-    """Delete terminal executions finished before the cutoff, with all their rows."""
-    # One transaction, and this connection is the only writer while it holds the write
-    # lock, so the three statements see the same set of doomed executions.
-    params = {"cutoff": epoch(older_than)}
-    db.execute(Q["cleanup_dead_letters_of_executions"], params)
-    db.execute(Q["cleanup_tasks"], params)
+def cleanup_executions(db: sqlite3.Connection, older_than: datetime, limit: int | None) -> int:
+    """Delete terminal executions finished before the cutoff (the oldest ``limit`` of them,
+    when given) with their tasks, dead letters, signals, signal waiters, and the cache
+    entries their tasks own without a result."""
+    if limit is not None and limit <= 0:
+        return 0
+    # One transaction holding the write lock: the statements below all see the same set.
+    ids = [row[0] for row in db.execute(Q["doomed_executions"], {
+        "cutoff": epoch(older_than), "limit": -1 if limit is None else limit,
+    })]
+    if not ids:
+        return 0
+    params = {"ids": json_list(ids)}
+    for query in ("cleanup_dead_letters_of_executions", "cleanup_unfinished_cache_of_executions",
+                  "cleanup_signals", "cleanup_signal_waiters", "cleanup_tasks"):
+        db.execute(Q[query], params)
     return int(db.execute(Q["cleanup_executions"], params).rowcount)
 
 
-def cleanup_dead_letters(db: sqlite3.Connection, older_than: datetime) -> int:
-    """Delete dead letters written before the cutoff."""
-    return int(db.execute(Q["cleanup_dead_letters"], {"cutoff": epoch(older_than)}).rowcount)
+def cleanup_dead_letters(db: sqlite3.Connection, older_than: datetime, limit: int | None) -> int:
+    """Delete dead letters written before the cutoff (the oldest ``limit``, when given)."""
+    if limit is not None and limit <= 0:
+        return 0
+    return int(db.execute(Q["cleanup_dead_letters"], {
+        "cutoff": epoch(older_than), "limit": -1 if limit is None else limit,
+    }).rowcount)
 
 
 def list_dead_letters(db: sqlite3.Connection, limit: int) -> list[DeadLetterRecord]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stent.records import (
@@ -26,6 +26,22 @@ from stent.records import (
 def epoch(dt: datetime) -> float:
     """Unix epoch seconds of ``dt`` (a naive ``dt`` is local time)."""
     return dt.timestamp()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_us(dt: datetime) -> int:
+    """Unix epoch microseconds of ``dt``, exactly (a naive ``dt`` is local time).
+
+    ``epoch(dt) == epoch_us(dt) / 1e6`` (both are the correctly rounded quotient), so SQL
+    can add a duration in whole microseconds and land on exactly the double that
+    ``epoch(dt + duration)`` gives.
+    """
+    if dt.tzinfo is None:
+        dt = dt.astimezone()
+    return (dt - _EPOCH) // _MICROSECOND
 
 
 def epoch_or_none(dt: datetime | None) -> float | None:
@@ -82,6 +98,7 @@ def task_params(new: NewTask, now: datetime) -> dict[str, Any]:
         "error": new.error,
         "attempt": new.attempt,
         "retries": new.retries,
+        "trace_context": new.trace_context,
     }
 
 
@@ -117,6 +134,7 @@ def task_from_row(row: sqlite3.Row) -> TaskRecord:
         idempotency_key=row["idempotency_key"],
         started_at=utc_or_none(row["started_at"]),
         finished_at=utc_or_none(row["finished_at"]),
+        trace_context=row["trace_context"],
     )
 
 

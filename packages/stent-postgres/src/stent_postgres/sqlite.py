@@ -15,8 +15,10 @@ from datetime import datetime
 from functools import partial
 
 from stent.records import (
+    CacheClaim,
     ClaimFilter,
     DeadLetterRecord,
+    ExecutionEffect,
     ExecutionRecord,
     Lease,
     NewExecution,
@@ -99,7 +101,8 @@ class SQLiteBackend:
         """Lease up to ``limit`` due, eligible tasks by priority, due time, then age.
 
         Pending tasks due by ``now`` and running tasks whose lease expired before ``now``
-        (a crash recovery: ``crash_count`` + 1) are eligible. Each claimed task's fence is
+        (a crash recovery: ``crash_count`` + 1) are eligible; timers (``sleep`` and
+        ``signal`` tasks) whatever the filter's queues and tags. Each claimed task's fence is
         bumped; a claimed root task's pending execution becomes running.
 
         Returns:
@@ -134,6 +137,83 @@ class SQLiteBackend:
         return await self._db.write(partial(
             ops.create_step, parent_id=parent_id, parent_fence=parent_fence, new=new, now=now,
             lease=lease,
+        ))
+
+    async def create_steps(
+        self, parent_id: str, parent_fence: int, news: Sequence[NewTask], now: datetime
+    ) -> list[tuple[TaskRecord, bool]]:
+        """Insert many children of one parent at their step keys, in one transaction.
+
+        The parent's fence is checked once; every key not taken is inserted (one
+        ``executemany``), a taken key returns its existing row.
+
+        Returns:
+            ``(task, created)`` per child, in input order.
+
+        Raises:
+            LeaseLostError: the parent is no longer held at ``parent_fence``, or its
+                execution is no longer live.
+        """
+        return await self._db.write(partial(
+            ops.create_steps, parent_id=parent_id, parent_fence=parent_fence, news=list(news),
+            now=now,
+        ))
+
+    async def create_signal_wait(
+        self, parent_id: str, parent_fence: int, new: NewTask, signal_name: str, now: datetime
+    ) -> tuple[TaskRecord, bool]:
+        """See :meth:`stent.backend.Backend.create_signal_wait`."""
+        return await self._db.write(partial(
+            ops.create_signal_wait, parent_id=parent_id, parent_fence=parent_fence, new=new,
+            signal_name=signal_name, now=now,
+        ))
+
+    async def send_signal(
+        self, execution_id: str, name: str, payload: bytes, now: datetime
+    ) -> str | None:
+        """See :meth:`stent.backend.Backend.send_signal`."""
+        return await self._db.write(partial(
+            ops.send_signal, execution_id=execution_id, name=name, payload=payload, now=now,
+        ))
+
+    async def record_effect(
+        self, parent_id: str, parent_fence: int, new: NewTask, effect: ExecutionEffect,
+        now: datetime,
+    ) -> tuple[TaskRecord, bool]:
+        """See :meth:`stent.backend.Backend.record_effect`.
+
+        Raises:
+            ValueError: an unknown effect kind, invalid JSON, or a name that cannot be a
+                JSON key path (a double quote, backslash or control character in it).
+        """
+        return await self._db.write(partial(
+            ops.record_effect, parent_id=parent_id, parent_fence=parent_fence, new=new,
+            effect=effect, now=now,
+        ))
+
+    async def cache_claim(
+        self, key: str, task_id: str, arg_digest: str, ttl_s: float | None, now: datetime
+    ) -> CacheClaim:
+        """See :meth:`stent.backend.Backend.cache_claim`."""
+        return await self._db.write(partial(
+            ops.cache_claim, key=key, task_id=task_id, arg_digest=arg_digest, ttl_s=ttl_s,
+            now=now,
+        ))
+
+    async def cleanup_cache(self, now: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` cache entries whose result expired before ``now``."""
+        return await self._db.write(partial(ops.cleanup_cache, now=now, limit=limit))
+
+    async def acquire_maintenance(
+        self, name: str, holder: str, until: datetime, now: datetime
+    ) -> bool:
+        """Take or renew the maintenance lease ``name`` for ``holder`` until ``until``.
+
+        Returns:
+            True if it was free, expired before ``now`` or already held by ``holder``.
+        """
+        return await self._db.write(partial(
+            ops.acquire_maintenance, name=name, holder=holder, until=until, now=now,
         ))
 
     async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
@@ -287,24 +367,32 @@ class SQLiteBackend:
         return await self._db.read(partial(admin.count, query="queue_depth", queue=queue))
 
     # -- maintenance and dead letters ----------------------------------------------------
-    async def cleanup_executions(self, older_than: datetime) -> int:
+    async def cleanup_executions(self, older_than: datetime, limit: int | None = None) -> int:
         """Delete terminal executions finished before ``older_than`` with all their rows.
+
+        Their tasks, dead letters, signals and signal waiters go with them, and so do the
+        cache entries their tasks own without a result; a stored result stays until it
+        expires (:meth:`cleanup_cache`).
 
         Args:
             older_than: the cutoff; a naive datetime is local time.
+            limit: at most this many executions (the longest finished first); None: all.
 
         Returns:
             How many executions were deleted.
         """
-        return await self._db.write(partial(admin.cleanup_executions, older_than=older_than))
+        return await self._db.write(partial(admin.cleanup_executions, older_than=older_than,
+                                            limit=limit))
 
-    async def cleanup_dead_letters(self, older_than: datetime) -> int:
-        """Delete dead letters written before ``older_than`` (naive: local time).
+    async def cleanup_dead_letters(self, older_than: datetime, limit: int | None = None) -> int:
+        """Delete dead letters written before ``older_than`` (naive: local time), the
+        oldest ``limit`` of them when given.
 
         Returns:
             How many were deleted.
         """
-        return await self._db.write(partial(admin.cleanup_dead_letters, older_than=older_than))
+        return await self._db.write(partial(admin.cleanup_dead_letters, older_than=older_than,
+                                            limit=limit))
 
     async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
         """Dead letters, newest first."""

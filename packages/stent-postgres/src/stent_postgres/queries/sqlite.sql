@@ -26,11 +26,11 @@ SELECT coalesce(
 INSERT INTO stent_tasks (
     id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
     arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
-    max_concurrent, idempotency_key, created_at, finished_at)
+    max_concurrent, idempotency_key, created_at, finished_at, trace_context)
 VALUES (
     :id, :execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state, :args,
     :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy, :timeout_s,
-    :max_concurrent, :idempotency_key, :now, :finished_at);
+    :max_concurrent, :idempotency_key, :now, :finished_at, :trace_context);
 
 -- insert_step --
 -- Insert-if-absent on the step key, and only while the parent is held at :parent_fence:
@@ -40,12 +40,13 @@ INSERT INTO stent_tasks (
     id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
     arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
     max_concurrent, idempotency_key, created_at, finished_at,
-    worker_id, lease_expires_at, fence, started_at, error, attempt, retries)
+    worker_id, lease_expires_at, fence, started_at, error, attempt, retries, trace_context)
 SELECT
     :id, parent.execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state,
     :args, :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy,
     :timeout_s, :max_concurrent, :idempotency_key, :now, :finished_at,
-    :worker_id, :lease_expires_at, :fence, :started_at, :error, :attempt, :retries
+    :worker_id, :lease_expires_at, :fence, :started_at, :error, :attempt, :retries,
+    :trace_context
 FROM stent_tasks AS parent
 WHERE parent.id = :parent_id AND parent.fence = :parent_fence AND parent.state = 'running'
 ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
@@ -63,14 +64,15 @@ WHERE parent_id = :parent_id AND parent_attempt = :parent_attempt AND seq = :seq
 -- (crash recovery). Both arms come out of their partial index already ordered (or, for the
 -- few expired ones, sorted), and SQLite merges them lazily, so the caller reads only as many
 -- rows as it takes. The eligibility filter sits inside the scan, so an ineligible task at
--- the head never starves eligible ones behind it. Sleep timers ignore queues and tags.
+-- the head never starves eligible ones behind it. Timers (sleep and signal tasks) ignore
+-- queues and tags.
 SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
 FROM stent_tasks AS t
 WHERE t.state = 'pending' AND t.due_at <= :now
   AND EXISTS (SELECT 1 FROM stent_executions AS e
               WHERE e.id = t.execution_id AND e.state IN ('pending', 'running'))
   AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
-  AND (t.kind = 'sleep' OR (
+  AND (t.kind IN ('sleep', 'signal') OR (
         (:queues IS NULL
          OR t.queue IN (SELECT value FROM json_each(:queues))
          OR (t.queue IS NULL AND :default_queue))
@@ -84,7 +86,7 @@ WHERE t.state = 'running' AND t.lease_expires_at < :now
   AND EXISTS (SELECT 1 FROM stent_executions AS e
               WHERE e.id = t.execution_id AND e.state IN ('pending', 'running'))
   AND (t.kind <> 'function' OR t.step_name IN (SELECT value FROM json_each(:names)))
-  AND (t.kind = 'sleep' OR (
+  AND (t.kind IN ('sleep', 'signal') OR (
         (:queues IS NULL
          OR t.queue IN (SELECT value FROM json_each(:queues))
          OR (t.queue IS NULL AND :default_queue))
@@ -250,28 +252,47 @@ SELECT count(*) FROM stent_executions WHERE :state IS NULL OR state = :state;
 -- queue_depth --
 SELECT count(*) FROM stent_tasks WHERE state = 'pending' AND queue IS :queue;
 
+-- doomed_executions --
+-- Terminal executions finished before the cutoff, oldest first; :limit -1 means all.
+SELECT id FROM stent_executions
+WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled') AND finished_at < :cutoff
+ORDER BY finished_at, ordinal
+LIMIT :limit;
+
 -- cleanup_dead_letters_of_executions --
 DELETE FROM stent_dead_letters
 WHERE task_id IN (
     SELECT t.id FROM stent_tasks AS t
-    WHERE t.execution_id IN (
-        SELECT id FROM stent_executions
-        WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled')
-          AND finished_at < :cutoff));
+    WHERE t.execution_id IN (SELECT value FROM json_each(:ids)));
+
+-- cleanup_unfinished_cache_of_executions --
+-- Entries without a result owned by tasks about to go (those holding a result stay until
+-- they expire: cleanup_cache).
+DELETE FROM stent_cache
+WHERE result IS NULL
+  AND task_id IN (
+    SELECT t.id FROM stent_tasks AS t
+    WHERE t.execution_id IN (SELECT value FROM json_each(:ids)));
+
+-- cleanup_signals --
+DELETE FROM stent_signals WHERE execution_id IN (SELECT value FROM json_each(:ids));
+
+-- cleanup_signal_waiters --
+DELETE FROM stent_signal_waiters WHERE execution_id IN (SELECT value FROM json_each(:ids));
 
 -- cleanup_tasks --
-DELETE FROM stent_tasks
-WHERE execution_id IN (
-    SELECT id FROM stent_executions
-    WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled')
-      AND finished_at < :cutoff);
+DELETE FROM stent_tasks WHERE execution_id IN (SELECT value FROM json_each(:ids));
 
 -- cleanup_executions --
-DELETE FROM stent_executions
-WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled') AND finished_at < :cutoff;
+DELETE FROM stent_executions WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- cleanup_dead_letters --
-DELETE FROM stent_dead_letters WHERE created_at < :cutoff;
+-- Oldest first (ties: by task id, as the reference backend); :limit -1 means all.
+DELETE FROM stent_dead_letters
+WHERE ordinal IN (
+    SELECT ordinal FROM stent_dead_letters WHERE created_at < :cutoff
+    ORDER BY created_at, task_id
+    LIMIT :limit);
 
 -- list_dead_letters --
 -- Newest first; equal times keep insertion order, like a stable sort.
@@ -326,7 +347,7 @@ WHERE id = :execution_id AND state = 'failed';
 
 -- task_execution_state --
 -- The state of the execution of a task held at :fence (no row: not held).
-SELECT t.execution_id, e.state AS execution_state
+SELECT t.execution_id, t.worker_id, e.state AS execution_state
 FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
 WHERE t.id = :id AND t.fence = :fence AND t.state = 'running';
 
@@ -395,3 +416,148 @@ WHERE t.state = 'running' AND t.lease_expires_at < :now
 -- dead_letter_execution_stopped --
 SELECT 1 FROM stent_tasks AS t JOIN stent_executions AS e ON e.id = t.execution_id
 WHERE t.id = :task_id AND e.state IN ('cancelling', 'cancelled', 'timed_out');
+
+-- held_parent --
+-- The parent of a batch of steps: its execution and whether it is held at :fence.
+SELECT t.execution_id, t.fence = :fence AND t.state = 'running' AS held,
+       e.state AS execution_state
+FROM stent_tasks AS t LEFT JOIN stent_executions AS e ON e.id = t.execution_id
+WHERE t.id = :id;
+
+-- steps_by_seqs --
+SELECT * FROM stent_tasks
+WHERE parent_id = :parent_id AND parent_attempt = :parent_attempt
+  AND seq IN (SELECT value FROM json_each(:seqs));
+
+-- insert_steps --
+-- One row per call of executemany; the caller checked the parent's fence in this same
+-- transaction. A taken step key inserts nothing.
+INSERT INTO stent_tasks (
+    id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+    arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+    max_concurrent, idempotency_key, created_at, finished_at,
+    fence, started_at, error, attempt, retries, trace_context)
+VALUES (
+    :id, :execution_id, :parent_id, :parent_attempt, :seq, :step_name, :kind, :state,
+    :args, :arg_digest, :result, :queue, :tags, :priority, :due_at, :retry_policy,
+    :timeout_s, :max_concurrent, :idempotency_key, :now, :finished_at,
+    0, :started_at, :error, :attempt, :retries, :trace_context)
+ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING;
+
+-- store_cached_result --
+-- The cache entries a completing task owns get its result (one probe of stent_cache_task).
+-- The expiry is summed in whole microseconds (:now_us), then made seconds: the very double
+-- the engine's now + timedelta(seconds=ttl_s) stores, so a claim at exactly that instant
+-- finds the result expired, as the reference backend does. NULL ttl_s: never expires.
+UPDATE stent_cache
+SET result = :result,
+    expires_at = (:now_us + CAST(round(ttl_s * 1000000) AS INTEGER)) / 1000000.0
+WHERE task_id = :id AND result IS NULL;
+
+-- oldest_signal --
+SELECT ordinal, payload FROM stent_signals
+WHERE execution_id = :execution_id AND name = :name AND consumed_by IS NULL
+ORDER BY ordinal
+LIMIT 1;
+
+-- consume_signal --
+UPDATE stent_signals SET consumed_by = :task_id WHERE ordinal = :ordinal;
+
+-- insert_signal_waiter --
+INSERT INTO stent_signal_waiters (task_id, execution_id, name)
+VALUES (:task_id, :execution_id, :name);
+
+-- oldest_signal_waiter --
+-- Waiters whose task was claimed (its timeout is due) are skipped but kept: a released one
+-- waits again. So are waiters left behind by an attempt of their parent that is over (the
+-- parent moved on to a later attempt, or finished): nobody would read what they receive.
+SELECT w.ordinal, w.task_id
+FROM stent_signal_waiters AS w
+JOIN stent_tasks AS t ON t.id = w.task_id
+JOIN stent_tasks AS parent ON parent.id = t.parent_id
+WHERE w.execution_id = :execution_id AND w.name = :name
+  AND t.state IN ('pending', 'waiting')
+  AND parent.attempt = t.parent_attempt
+  AND parent.state NOT IN ('completed', 'failed', 'cancelled')
+ORDER BY w.ordinal
+LIMIT 1;
+
+-- drop_finished_signal_waiters --
+-- Waiters whose task finished (timed out, cancelled) never wait again.
+DELETE FROM stent_signal_waiters
+WHERE execution_id = :execution_id AND name = :name
+  AND EXISTS (SELECT 1 FROM stent_tasks AS t
+              WHERE t.id = stent_signal_waiters.task_id
+                AND t.state IN ('completed', 'failed', 'cancelled'));
+
+-- delete_signal_waiter --
+DELETE FROM stent_signal_waiters WHERE ordinal = :ordinal;
+
+-- insert_signal --
+INSERT INTO stent_signals (execution_id, name, payload, consumed_by, created_at)
+VALUES (:execution_id, :name, :payload, :consumed_by, :now);
+
+-- deliver_signal --
+-- A waiting signal task receives the payload as its result.
+UPDATE stent_tasks
+SET state = 'completed', result = :payload, error = NULL, finished_at = :now,
+    started_at = coalesce(started_at, :now), worker_id = NULL, lease_expires_at = NULL
+WHERE id = :id AND state IN ('pending', 'waiting')
+RETURNING parent_id, execution_id;
+
+-- execution_exists --
+SELECT 1 FROM stent_executions WHERE id = :id;
+
+-- increment_counter --
+UPDATE stent_executions
+SET counters = json_set(counters, :path, coalesce(json_extract(counters, :path), 0) + :delta)
+WHERE id = :execution_id;
+
+-- set_custom_state --
+UPDATE stent_executions
+SET custom_state = json_set(custom_state, :path, json(:value))
+WHERE id = :execution_id;
+
+-- cache_entry --
+-- A cache entry with the state of its owner (NULL: the owner is gone).
+SELECT c.task_id, c.arg_digest, c.result, c.expires_at, t.state AS owner_state
+FROM stent_cache AS c LEFT JOIN stent_tasks AS t ON t.id = c.task_id
+WHERE c.key = :key;
+
+-- take_cache_key --
+INSERT INTO stent_cache (key, task_id, arg_digest, result, ttl_s, expires_at, created_at)
+VALUES (:key, :task_id, :arg_digest, NULL, :ttl_s, NULL, :now)
+ON CONFLICT (key) DO UPDATE SET
+    task_id = excluded.task_id,
+    arg_digest = excluded.arg_digest,
+    result = NULL,
+    ttl_s = excluded.ttl_s,
+    expires_at = NULL,
+    created_at = excluded.created_at;
+
+-- append_progress_of_task --
+UPDATE stent_executions
+SET progress = json_insert(
+        CASE WHEN json_array_length(progress) >= 100 THEN json_remove(progress, '$[0]')
+             ELSE progress END,
+        '$[#]', json(:entry))
+WHERE id = (SELECT execution_id FROM stent_tasks WHERE id = :task_id);
+
+-- cleanup_cache --
+-- Oldest expiry first.
+DELETE FROM stent_cache
+WHERE key IN (
+    SELECT key FROM stent_cache
+    WHERE expires_at < :now
+    ORDER BY expires_at, key
+    LIMIT :limit);
+
+-- acquire_maintenance --
+-- Taken when free, expired before :now, or already held by :holder (renewal).
+INSERT INTO stent_maintenance (name, holder, lease_until)
+VALUES (:name, :holder, :until)
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder,
+    lease_until = excluded.lease_until
+WHERE stent_maintenance.holder = excluded.holder OR stent_maintenance.lease_until < :now
+RETURNING name;
