@@ -36,6 +36,7 @@ from stent.records import TERMINAL_TASK_STATES, NewTask, TaskKind, TaskRecord
 from stent.registry import FunctionRegistry
 from stent.serialization import Serializer, decode_error, resolve_serializer
 from stent.steps import decode_call
+from stent.tracing import Tracing
 
 if TYPE_CHECKING:
     from stent import Stent
@@ -383,6 +384,7 @@ class _ReplayExecutor:
         self.clock = SystemClock()
         self.backend = _ReplayBackend(session)
         self.hub = _ReplayHub(session)
+        self.tracing = Tracing.off()  # a replay makes no spans
 
     def publish(self, channel: str, task_id: str) -> None:
         return None
