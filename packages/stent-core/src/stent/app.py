@@ -52,6 +52,7 @@ from .serialization import (
     encode_error,
     resolve_serializer,
 )
+from .tracing import Tracing
 from .waiting import CompletionHub
 from .worker import Worker
 
@@ -97,7 +98,9 @@ class Stent:
         function_registry: where functions are looked up (default ``Stent.default_registry``).
         metrics: a ``MetricsRecorder``.
         clock: the clock for every timing decision (default: the system clock).
-        tracer_provider: OpenTelemetry tracer provider (optional).
+        tracer_provider: OpenTelemetry tracer provider for ``stent.dispatch`` and
+            ``stent.step`` spans (default: the global one if ``opentelemetry-api`` is
+            installed; without it, no tracing).
         pickle_key: signing key(s) for the pickle serializer.
         max_payload_bytes: bound on every encoded argument set, result and signal payload.
         max_crash_recoveries: take-overs after worker deaths before a task is dead-lettered.
@@ -183,6 +186,7 @@ class Stent:
             # a test clock must not think the program idle while a database call is out
             watch_busy(lambda: backend.in_flight > 0)
         self.tracer_provider = tracer_provider
+        self.tracing = Tracing(tracer_provider)
         self.max_payload_bytes = max_payload_bytes
         self.max_crash_recoveries = max_crash_recoveries
         self.durable_asyncio_sleep = bool(durable_asyncio_sleep)
@@ -289,12 +293,14 @@ class Stent:
         new = self._new_execution(fn, args, kwargs, max_duration=max_duration, expiry=expiry,
                                   delay=delay, tags=tags, priority=priority, queue=queue,
                                   execution_id=execution_id, idempotency_key=idempotency_key)
-        eid, created = await self.backend.create_execution(new, self.clock.now())
-        if created:
-            self._announce_work(new.root.due_at)
-            self._announce_deadline(new.deadline)
-        else:
-            await self._check_same_call(eid, new, execution_id, idempotency_key)
+        with self.tracing.dispatch_span(new) as new:
+            eid, created = await self.backend.create_execution(new, self.clock.now())
+            if created:
+                self._announce_work(new.root.due_at)
+                self._announce_deadline(new.deadline)
+            else:
+                self.tracing.existing_execution(eid)
+                await self._check_same_call(eid, new, execution_id, idempotency_key)
         return eid
 
     async def _check_same_call(self, eid: str, new: NewExecution, execution_id: str | None,
@@ -365,14 +371,15 @@ class Stent:
                                   idempotency_key=None)
         if not self._notifications_started:
             await self._start_notifications()
-        fut = self.hub.watch(new.id)  # before the row exists: no completion can slip past
-        try:
-            await self.backend.create_execution(new, self.clock.now())
-            self._announce_work(new.root.due_at)
-            outcome = await fut
-        finally:
-            self.hub.unwatch(new.id, fut)
-        return await self._outcome_value(new.id, outcome)
+        with self.tracing.dispatch_span(new) as new:
+            fut = self.hub.watch(new.id)  # before the row exists: no completion can slip past
+            try:
+                await self.backend.create_execution(new, self.clock.now())
+                self._announce_work(new.root.due_at)
+                outcome = await fut
+            finally:
+                self.hub.unwatch(new.id, fut)
+            return await self._outcome_value(new.id, outcome)
 
     async def _outcome_value(self, execution_id: str, outcome: TaskOutcome) -> Any:
         if outcome.state == "completed":

@@ -63,6 +63,20 @@ class RunningTask:
             self.task.cancel()
 
 
+def log_extra(task: TaskRecord, worker_id: str) -> dict[str, str]:
+    """The attributes of every log record about a task (``extra=``): its execution, its id
+    and the worker running it. Messages name ids, functions and exception types, never
+    argument values or results."""
+    return {"execution_id": task.execution_id, "task_id": task.id, "worker_id": worker_id}
+
+
+def _loggable_reason(reason: str, exc: BaseException) -> str:
+    """A dead-letter reason for a log message: one that quotes ``exc``'s message (which may
+    quote a value) names its type instead."""
+    text = str(exc)
+    return reason.replace(text, type(exc).__name__) if text else reason
+
+
 _policies: dict[tuple[Any, ...], RetryPolicy] = {}
 
 
@@ -83,10 +97,14 @@ class TaskRunner:
         self.executor = worker.executor
 
     async def run(self, rt: RunningTask) -> None:
-        """Run ``rt`` to its outcome and record it."""
+        """Run ``rt`` to its outcome and record it, in a ``stent.step`` span when tracing."""
+        with self.executor.tracing.task_span(rt.record):
+            await self._run(rt)
+
+    async def _run(self, rt: RunningTask) -> None:
         task = rt.record
         ex = self.executor
-        log_extra = {"execution_id": task.execution_id, "task_id": task.id}
+        extra = log_extra(task, self.worker.worker_id)
         ex.metric("task_claimed", queue=task.queue, step_name=task.step_name, kind=task.kind)
         if task.kind == TaskKind.SLEEP:
             await self._complete(rt, None)
@@ -118,7 +136,7 @@ class TaskRunner:
                 history = {s.seq: s for s in await ex.backend.load_steps(task.id, task.attempt)}
             except Exception as exc:
                 log.warning("could not load the history of task %s: %s", task.id, exc,
-                            extra=log_extra)
+                            extra=extra)
                 await self._release(rt)
                 return
         ctx = TaskContext(executor=ex, worker=self.worker, task=task, history=history)
@@ -158,7 +176,7 @@ class TaskRunner:
                 return  # its execution timed out; storage already cancelled it
             elif reason == "lease_lost":
                 log.warning("task %s lost its lease; its outcome is discarded", task.id,
-                            extra=log_extra)
+                            extra=extra)
                 return
             else:
                 await self._release(rt)
@@ -206,7 +224,7 @@ class TaskRunner:
                 if failures >= 5:
                     raise
                 log.warning("cache lookup for task %s failed (%s); retrying", task.id, exc,
-                            extra={"execution_id": task.execution_id, "task_id": task.id})
+                            extra=log_extra(task, self.worker.worker_id))
                 await ex.clock.sleep(min(5.0, 0.5 * 2 ** failures))
                 continue
             if claim.status == "owner":
@@ -297,10 +315,11 @@ class TaskRunner:
             else:
                 ok = await self._write(rt, lambda now: ex.backend.retry_task(
                     task.id, task.fence, error, now + timedelta(seconds=delay), now))
+            ex.tracing.task_failed(exc, retrying=True)
             if ok:
                 log.info("task %s (%s) failed with %s; attempt %d in %.2fs", task.id,
                          task.step_name, type(exc).__name__, task.attempt + 1, delay,
-                         extra={"execution_id": task.execution_id, "task_id": task.id})
+                         extra=log_extra(task, self.worker.worker_id))
                 self.worker.timer_scheduled(ex.clock.now() + timedelta(seconds=delay))
             return
         why = (f"attempts exhausted ({failed_attempts} of {policy.max_attempts})"
@@ -312,6 +331,7 @@ class TaskRunner:
         task = rt.record
         ex = self.executor
         error = encode_error(exc)
+        ex.tracing.task_failed(exc, retrying=False)
         ex.metric("task_failed", queue=task.queue, step_name=task.step_name, kind=task.kind,
                   reason=reason or type(exc).__name__, retrying=False)
         if not rt.materialized:
@@ -324,8 +344,9 @@ class TaskRunner:
             if reason is not None:
                 ex.metric("dead_lettered", queue=task.queue, step_name=task.step_name,
                           kind=task.kind, reason=reason)
-                log.warning("task %s (%s) dead-lettered: %s", task.id, task.step_name, reason,
-                            extra={"execution_id": task.execution_id, "task_id": task.id})
+                log.warning("task %s (%s) dead-lettered: %s", task.id, task.step_name,
+                            _loggable_reason(reason, exc),
+                            extra=log_extra(task, self.worker.worker_id))
             self._finished(TaskOutcome(task.id, "failed", None, error), task.step_name,
                            task.parent_id)
 
@@ -369,7 +390,8 @@ class TaskRunner:
                         await self.materialize(child)
                     except Exception as exc:
                         log.warning("could not write step %s before suspending %s: %s",
-                                    child_id, task.id, exc)
+                                    child_id, task.id, exc,
+                                    extra=log_extra(task, self.worker.worker_id))
                         await self._release(rt)
                         return
         await self._write(rt, lambda now: self.executor.backend.suspend_task(
@@ -384,7 +406,8 @@ class TaskRunner:
             await asyncio.shield(self.executor.backend.release_task(
                 task.id, task.fence, self.executor.clock.now()))
         except Exception as exc:  # the lease will expire and another worker takes over
-            log.warning("could not release task %s: %s", task.id, exc)
+            log.warning("could not release task %s: %s", task.id, exc,
+                        extra=log_extra(task, self.worker.worker_id))
 
     def _finished(self, outcome: TaskOutcome, step: str, parent_id: str | None) -> None:
         if faults.plan is not None:
@@ -484,7 +507,7 @@ class TaskRunner:
             except Exception as exc:
                 if ex.clock.now() >= (task.lease_expires_at or ex.clock.now()):
                     log.warning("giving up recording task %s after its lease ran out: %s",
-                                task.id, exc)
+                                task.id, exc, extra=log_extra(task, self.worker.worker_id))
                     return False
                 self.worker.storage_trouble(exc)
                 await ex.clock.sleep(delay)
@@ -494,5 +517,5 @@ class TaskRunner:
                 log.warning(
                     "stale lease: the write for task %s (fence %d) was rejected; another "
                     "worker holds it now", task.id, task.fence,
-                    extra={"execution_id": task.execution_id, "task_id": task.id})
+                    extra=log_extra(task, self.worker.worker_id))
             return ok

@@ -134,6 +134,8 @@ def _new_step(
         max_concurrent=fn.max_concurrent if fn else None,
         idempotency_key=f"{t.id}:{t.attempt}:{seq}",
         state=state, result=result,
+        # the caller's current span (its stent.step span): the step's span will be its child
+        trace_context=ctx.executor.tracing.current_traceparent(),
     )
 
 

@@ -17,7 +17,7 @@ from .errors import ExecutionTimeoutError
 from .lifecycle import WorkerLifecycle
 from .names import check_queue, check_tags
 from .records import ClaimFilter, Lease, NewTask, TaskKind, TaskOutcome, TaskRecord
-from .runner import RunningTask, TaskRunner
+from .runner import RunningTask, TaskRunner, log_extra
 from .serialization import encode_error
 from .waiting import sleep_or_event
 
@@ -199,7 +199,8 @@ class Worker:
                 try:
                     await backend.release_task(t.id, t.fence, now)
                 except Exception as exc:  # the lease expires and another worker takes over
-                    log.warning("could not give back task %s: %s", t.id, exc)
+                    log.warning("could not give back task %s: %s", t.id, exc,
+                                extra=log_extra(t, self.worker_id))
 
         try:
             job = asyncio.get_running_loop().create_task(release())
@@ -231,6 +232,7 @@ class Worker:
             lease_expires_at=lease.expires_at, fence=0, retry_policy=dict(new.retry_policy),
             timeout_s=new.timeout_s, max_concurrent=new.max_concurrent,
             idempotency_key=new.idempotency_key, started_at=self.executor.clock.now(),
+            trace_context=new.trace_context,
         )
         rt = RunningTask(record, inline=new, inline_parent=(parent.task.id, parent.task.fence),
                          materialized=False)
@@ -306,14 +308,21 @@ class Worker:
         except faults.WorkerCrash:
             self.crash()
         except Exception:
-            log.exception("internal error while running task %s", rt.record.id)
+            log.exception("internal error while running task %s", rt.record.id,
+                          extra=log_extra(rt.record, self.worker_id))
         finally:
             if self.running.get(rt.record.id) is rt:
                 del self.running[rt.record.id]
             if rt.holds_slot:
                 self.active -= 1
             self._sync_lifecycle()
-            self._slot_freed()
+            if rt.record.max_concurrent is not None and not self._crashed:
+                # A capped function's instance ended: one of its pending instances may be
+                # claimable now (here and elsewhere), though the last claim found none.
+                self.wake()
+                self.executor.publish("work", "")
+            else:
+                self._slot_freed()
 
     # -- the claim loop -------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -401,7 +410,8 @@ class Worker:
             for rt in list(self.running.values()):
                 if rt.waiting_since is not None and mono - rt.waiting_since >= self.suspend_after:
                     log.info("suspending task %s after waiting %.0fs", rt.record.id,
-                             mono - rt.waiting_since)
+                             mono - rt.waiting_since,
+                             extra=log_extra(rt.record, self.worker_id))
                     rt.stop("suspend")
 
     async def _expire_executions(self) -> None:
@@ -418,7 +428,8 @@ class Worker:
             self.storage_trouble(exc)
             return
         if expired:
-            log.info("timed out %d execution(s) past their max_duration", len(expired))
+            log.info("timed out %d execution(s) past their max_duration", len(expired),
+                     extra={"worker_id": self.worker_id})
             ex.stop_local_tasks(expired, "expired")
             for eid in expired:
                 ex.hub.resolve(TaskOutcome(eid, "cancelled", None, error))
@@ -442,7 +453,8 @@ class Worker:
         offset = db_time.timestamp() - (before + after) / 2
         if abs(offset) >= 1.0 and abs(offset - clock.offset_s) >= 1.0:
             log.warning("this machine's clock is %.1f s %s the database's; correcting by it",
-                        abs(offset), "behind" if offset > 0 else "ahead of")
+                        abs(offset), "behind" if offset > 0 else "ahead of",
+                        extra={"worker_id": self.worker_id})
         clock.offset_s = offset
 
     async def _clock_loop(self) -> None:
@@ -549,8 +561,7 @@ class Worker:
                 hint_due(ex.clock, until + _TICK)
             else:
                 log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
-                            rt.record.fence,
-                            extra={"execution_id": rt.record.execution_id, "task_id": tid})
+                            rt.record.fence, extra=log_extra(rt.record, self.worker_id))
                 self._stop_with_inline_steps(rt, "lease_lost")
 
     # -- outages ----------------------------------------------------------------------------------
@@ -560,14 +571,15 @@ class Worker:
         # 0.0: nothing logged yet (the monotonic clock may be under 30 s just after boot)
         if self._last_outage_log == 0.0 or now - self._last_outage_log >= 30.0:
             self._last_outage_log = now
-            log.warning("storage unavailable, retrying: %s", exc)
+            log.warning("storage unavailable, retrying: %s", exc,
+                        extra={"worker_id": self.worker_id})
         else:
-            log.debug("storage unavailable, retrying: %s", exc)
+            log.debug("storage unavailable, retrying: %s", exc, extra={"worker_id": self.worker_id})
         self._last_claim_ok = False
 
     def _storage_ok(self) -> None:
         if not self._last_claim_ok:
-            log.info("storage reachable again")
+            log.info("storage reachable again", extra={"worker_id": self.worker_id})
             self._last_claim_ok = True
 
     def _stop_with_inline_steps(self, rt: RunningTask, reason: str) -> None:
@@ -589,13 +601,15 @@ class Worker:
         for rt in list(self.running.values()):
             rt.stop("crash")
         self.wake()
-        log.warning("worker %s crashed (injected)", self.worker_id)
+        log.warning("worker %s crashed (injected)", self.worker_id,
+                    extra={"worker_id": self.worker_id})
 
     # -- drain and stop -----------------------------------------------------------------------------
     async def _drain(self) -> None:
         lc = self.lifecycle
         lc.state = "draining"
-        log.info("worker %s draining: %d tasks held", self.worker_id, len(self.running))
+        log.info("worker %s draining: %d tasks held", self.worker_id, len(self.running),
+                 extra={"worker_id": self.worker_id})
         for rt in list(self.running.values()):
             if not rt.holds_slot:
                 rt.stop("suspend")
