@@ -57,6 +57,11 @@ async def test_step_over_its_timeout_fails_with_a_retryable_step_timeout(
     await clock.advance(4.9)
     assert runs["hangs"] == 1
     await clock.advance(0.2)  # the 5 s timeout passes: a StepTimeoutError, retried after 1 s
+    for _ in range(500):  # until the retry is recorded (its due time is taken then)
+        root = await stent_backend.get_task(eid)
+        if root is not None and root.state == "pending" and root.attempt == 2:
+            break
+        await asyncio.sleep(0.01)
     await clock.advance(1)
     assert await asyncio.wait_for(ex.wait_for(eid), 10) == Result.Ok("second try")
     assert runs["hangs"] == 2
