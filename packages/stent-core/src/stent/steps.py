@@ -315,7 +315,8 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
     with ctx.waiting_on(new.id):
         # Watch before the row exists: a signal delivered between the insert and the wait
         # (by this process or, through a notification, another) cannot slip past.
-        fut = executor.hub.watch(new.id)
+        watched = new.id
+        fut = executor.hub.watch(watched)
         try:
             write = asyncio.ensure_future(executor.backend.create_signal_wait(
                 ctx.task.id, ctx.task.fence, new, name, now))
@@ -331,12 +332,14 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
             else:
                 if timeout is not None:
                     ctx.worker.timer_scheduled(task.due_at)
-                if task.id != new.id:
-                    executor.hub.unwatch(new.id, fut)
-                    fut = executor.hub.watch(task.id)
-                outcome = await fut
+                if task.id != watched:
+                    executor.hub.unwatch(watched, fut)
+                    watched = task.id
+                    fut = executor.hub.watch(watched)
+                recent = executor.hub.recent(watched)
+                outcome = recent if recent is not None else await fut
         finally:
-            executor.hub.unwatch(new.id, fut)
+            executor.hub.unwatch(watched, fut)
     return outcome_value(executor, outcome)
 
 
