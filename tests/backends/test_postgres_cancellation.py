@@ -372,13 +372,23 @@ async def test_a_version_1_schema_in_use_is_migrated_and_its_executions_can_be_c
             await conn.execute("CREATE TABLE stent_schema_version (version integer PRIMARY KEY,"
                                " applied_at timestamptz NOT NULL DEFAULT now())")
             await conn.execute("INSERT INTO stent_schema_version (version) VALUES (1)")
+            # Rows written by version 1, with its columns.
+            new = new_execution()
+            first = new.root
+            await conn.execute(
+                "INSERT INTO stent_executions (id, function, state, root_task_id, args, "
+                "created_at, progress) VALUES ($1, $2, 'pending', $3, $4, $5, "
+                "'[{\"event\": \"dispatched\"}]')", new.id, new.function, first.id, new.args, T0)
+            await conn.execute(
+                "INSERT INTO stent_tasks (id, execution_id, parent_attempt, seq, step_name, "
+                "kind, state, args, arg_digest, due_at, created_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)",
+                first.id, new.id, first.parent_attempt, first.seq, first.step_name, first.kind,
+                first.args, first.arg_digest, first.due_at, T0)
         finally:
             await conn.close()
         b = PostgresBackend(dsn, schema=schema, min_pool_size=1)
         try:
-            # Rows written by version 1 (the insert statements are unchanged).
-            new = new_execution()
-            await b.create_execution(new, T0)
             await b.init_db()
             (root,) = await b.claim("w", claim_filter(), 1, at(0), at(60))
             assert await b.cancel_execution(new.id, ERROR, at(1)) == "cancelling"

@@ -70,14 +70,37 @@ async def count(db: PostgresDatabase, query: str, *args: object) -> int:
     return int(await db.fetchval(query, *args))
 
 
-async def cleanup_executions(db: PostgresDatabase, older_than: datetime) -> int:
-    """Delete terminal executions finished before the cutoff, with all their rows."""
-    return int(await db.fetchval("cleanup_executions", utc(older_than)))
+def _limit(limit: int | None) -> int | None:
+    """A LIMIT for SQL: None is no limit; a negative one takes nothing, as in the reference
+    backend (PostgreSQL refuses a negative LIMIT)."""
+    return None if limit is None else max(int(limit), 0)
 
 
-async def cleanup_dead_letters(db: PostgresDatabase, older_than: datetime) -> int:
-    """Delete dead letters written before the cutoff."""
-    return int(await db.fetchval("cleanup_dead_letters", utc(older_than)))
+async def cleanup_executions(
+    db: PostgresDatabase, older_than: datetime, limit: int | None
+) -> int:
+    """Delete up to ``limit`` terminal executions finished before the cutoff, oldest first,
+    with all their rows."""
+    return int(await db.fetchval("cleanup_executions", utc(older_than), _limit(limit)))
+
+
+async def cleanup_dead_letters(
+    db: PostgresDatabase, older_than: datetime, limit: int | None
+) -> int:
+    """Delete up to ``limit`` dead letters written before the cutoff, oldest first."""
+    return int(await db.fetchval("cleanup_dead_letters", utc(older_than), _limit(limit)))
+
+
+async def cleanup_cache(db: PostgresDatabase, now: datetime, limit: int) -> int:
+    """Delete up to ``limit`` cache entries whose result expired before ``now``."""
+    return int(await db.fetchval("cleanup_cache", utc(now), _limit(limit)))
+
+
+async def acquire_maintenance(
+    db: PostgresDatabase, name: str, holder: str, until: datetime, now: datetime
+) -> bool:
+    """Take or renew the maintenance lease ``name`` for ``holder``."""
+    return bool(await db.fetchval("acquire_maintenance", name, holder, utc(until), utc(now)))
 
 
 async def list_dead_letters(db: PostgresDatabase, limit: int) -> list[DeadLetterRecord]:

@@ -4,20 +4,24 @@ Each is one statement from ``queries/postgres.sql``, so one transaction and one 
 a chain of CTEs, or a call to a PL/pgSQL function of the schema (whose statements each see a
 fresh snapshot; see ``stent_finish_task`` and ``schema/postgres/0002_cancellation.sql``).
 Two rare fallbacks need a fresh snapshot of their own: a dispatch or a step insert that lost
-a race to a transaction that committed while it ran looks again in a second statement. Every
+a race to a transaction that committed while it ran looks again in a second statement (and a
+step insert that found its parent not held asks why, for the error). Every
 state rule of the reference backend (``stent_testing.memory``) is a WHERE clause or a
 PL/pgSQL branch in SQL, never a read-modify-write here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
 from stent.errors import BackendError, LeaseLostError
 from stent.records import (
     LIVE_EXECUTION_STATES,
+    CacheClaim,
     ClaimFilter,
+    ExecutionEffect,
     Lease,
     NewExecution,
     NewTask,
@@ -28,14 +32,20 @@ from stent.records import (
 
 from ._pg_db import PostgresDatabase
 from ._pg_rows import (
+    effect_args,
     execution_args,
     iso,
     progress,
+    signal_wait_args,
     step_args,
     step_from_row,
+    steps_args,
     task_from_row,
     utc,
 )
+
+#: ExecutionEffect kinds record_effect applies.
+_EFFECT_KINDS = frozenset({"increment", "set_state"})
 
 
 async def create_execution(
@@ -93,20 +103,102 @@ async def create_step(
     rows = await db.fetch("insert_step", *step_args(parent_id, parent_fence, new, now, lease))
     if rows:
         return task_from_row(rows[0]), bool(rows[0]["created"])
-    # Nothing came back: the parent is not held at this fence, its execution is not live,
-    # or the key was taken by an insert that committed after this statement's snapshot (ON
-    # CONFLICT waited for it). A new statement sees these answers as they are now.
+    return await _not_inserted(db, parent_id, parent_fence, new), False
+
+
+async def _check_held(db: PostgresDatabase, parent_id: str, parent_fence: int) -> None:
+    """Raise LeaseLostError unless ``parent_id`` is held at ``parent_fence`` in a live
+    execution (a new statement: it sees those answers as they are now)."""
     held = await db.fetchrow("held_task_execution_state", parent_id, parent_fence)
     if held is None:
         raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
     if held["state"] is not None and held["state"] not in LIVE_EXECUTION_STATES:
         raise LeaseLostError(f"the execution of task {parent_id} is {held['state']}: "
                              "no new steps")
+
+
+async def _not_inserted(
+    db: PostgresDatabase, parent_id: str, parent_fence: int, new: NewTask
+) -> TaskRecord:
+    """Why a single-statement step insert returned nothing: the parent is not held at this
+    fence, its execution is not live (LeaseLostError), or the key was taken by an insert that
+    committed after the statement's snapshot (ON CONFLICT waited for it): that row."""
+    await _check_held(db, parent_id, parent_fence)
     existing = await db.fetchrow("task_by_step_key", parent_id, new.parent_attempt, new.seq)
     if existing is None:
         raise BackendError(f"step {new.seq} of task {parent_id} was neither created nor "
                            "found (it was deleted meanwhile)")
-    return task_from_row(existing), False
+    return task_from_row(existing)
+
+
+async def create_steps(
+    db: PostgresDatabase, parent_id: str, parent_fence: int, news: Sequence[NewTask],
+    now: datetime,
+) -> list[tuple[TaskRecord, bool]]:
+    """Insert many children of one parent (fenced once), each unless its key is taken."""
+    if not news:
+        await _check_held(db, parent_id, parent_fence)
+        return []
+    rows = await db.fetch("create_steps", *steps_args(parent_id, parent_fence, news, now))
+    if not rows:
+        await _check_held(db, parent_id, parent_fence)
+    if len(rows) != len(news):
+        raise BackendError(f"{len(news) - len(rows)} of {len(news)} steps of task "
+                           f"{parent_id} were neither created nor found (deleted meanwhile)")
+    return [(task_from_row(r), bool(r["created"])) for r in rows]
+
+
+async def create_signal_wait(
+    db: PostgresDatabase, parent_id: str, parent_fence: int, new: NewTask, signal_name: str,
+    now: datetime,
+) -> tuple[TaskRecord, bool]:
+    """Insert a signal wait at its key unless taken, consuming a buffered signal or joining
+    the waiters of ``signal_name`` (serialised with send_signal per execution)."""
+    row = await db.fetchrow("create_signal_wait",
+                            *signal_wait_args(parent_id, parent_fence, new, signal_name, now))
+    if row is None:
+        await _check_held(db, parent_id, parent_fence)
+        raise BackendError(f"signal wait {new.seq} of task {parent_id} was neither created "
+                           "nor found (it was deleted meanwhile)")
+    return task_from_row(row), bool(row["created"])
+
+
+async def send_signal(
+    db: PostgresDatabase, execution_id: str, name: str, payload: bytes, now: datetime
+) -> str | None:
+    """Deliver to the oldest live waiter (its id) or keep the signal (""); None when there is
+    no such execution."""
+    served = await db.fetchval("send_signal", execution_id, name, payload, utc(now))
+    return None if served is None else str(served)
+
+
+async def record_effect(
+    db: PostgresDatabase, parent_id: str, parent_fence: int, new: NewTask,
+    effect: ExecutionEffect, now: datetime,
+) -> tuple[TaskRecord, bool]:
+    """Insert a born-completed step and, only if it was created, apply ``effect``."""
+    if effect.kind not in _EFFECT_KINDS:
+        raise ValueError(f"unknown execution effect {effect.kind!r}")
+    if effect.kind == "set_state":
+        json.loads(effect.value_json)  # invalid JSON: raises here, nothing written
+    rows = await db.fetch("record_effect", *effect_args(parent_id, parent_fence, new, effect,
+                                                        now))
+    if rows:
+        return task_from_row(rows[0]), bool(rows[0]["created"])
+    return await _not_inserted(db, parent_id, parent_fence, new), False
+
+
+async def cache_claim(
+    db: PostgresDatabase, key: str, task_id: str, arg_digest: str, ttl_s: float | None,
+    now: datetime,
+) -> CacheClaim:
+    """Look up or take the cache key ``key`` for ``task_id`` (one transaction)."""
+    row = await db.fetchrow("cache_claim", key, task_id, arg_digest,
+                            None if ttl_s is None else float(ttl_s), utc(now),
+                            progress("cache_hit", now, task_id=task_id, key=key))
+    assert row is not None  # the function always returns one row
+    return CacheClaim(status=row["status"], result=row["result"],
+                      owner_task_id=row["owner_task_id"], arg_digest=row["arg_digest"])
 
 
 async def load_steps(db: PostgresDatabase, parent_id: str, attempt: int) -> list[StepRecord]:

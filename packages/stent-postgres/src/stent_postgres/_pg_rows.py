@@ -9,13 +9,14 @@ exact to the microsecond. ``jsonb`` travels as JSON text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from stent.records import (
     TERMINAL_TASK_STATES,
     DeadLetterRecord,
+    ExecutionEffect,
     ExecutionRecord,
     Lease,
     NewExecution,
@@ -54,7 +55,7 @@ def _float_or_none(value: float | None) -> float | None:
 
 
 def execution_args(new: NewExecution, now: datetime) -> tuple[Any, ...]:
-    """Arguments of ``insert_execution`` ($1..$32; see queries/postgres.sql)."""
+    """Arguments of ``insert_execution`` ($1..$33; see queries/postgres.sql)."""
     root = new.root
     finished = utc(now) if root.state in TERMINAL_TASK_STATES else None
     return (
@@ -65,14 +66,14 @@ def execution_args(new: NewExecution, now: datetime) -> tuple[Any, ...]:
         root.state, root.args, root.arg_digest, root.result, root.queue, list(root.tags),
         root.priority, utc(root.due_at), json.dumps(root.retry_policy),
         _float_or_none(root.timeout_s), root.max_concurrent, root.idempotency_key, finished,
-        root.error, root.attempt, root.retries,
+        root.error, root.attempt, root.retries, root.trace_context,
     )
 
 
 def step_args(
     parent_id: str, parent_fence: int, new: NewTask, now: datetime, lease: Lease | None,
 ) -> tuple[Any, ...]:
-    """Arguments of ``insert_step`` ($1..$31; see queries/postgres.sql)."""
+    """Arguments of ``insert_step`` ($1..$32; see queries/postgres.sql)."""
     finished = utc(now) if new.state in TERMINAL_TASK_STATES else None
     state = new.state
     worker_id: str | None = None
@@ -91,7 +92,55 @@ def step_args(
         new.priority, utc(new.due_at), json.dumps(new.retry_policy),
         _float_or_none(new.timeout_s), new.max_concurrent, new.idempotency_key, utc(now),
         finished, worker_id, lease_until, fence, started, slot, new.error, new.attempt,
-        new.retries, new.dead_letter_reason, iso(now),
+        new.retries, new.dead_letter_reason, iso(now), new.trace_context,
+    )
+
+
+def steps_args(
+    parent_id: str, parent_fence: int, news: Sequence[NewTask], now: datetime,
+) -> tuple[Any, ...]:
+    """Arguments of ``create_steps`` ($1..$26; see queries/postgres.sql): one array per
+    field; tags and retry policies as JSON arrays (a text[] cannot be ragged)."""
+    return (
+        parent_id, parent_fence, utc(now), iso(now),
+        [n.id for n in news], [n.parent_attempt for n in news], [n.seq for n in news],
+        [n.step_name for n in news], [n.kind for n in news], [n.state for n in news],
+        [n.args for n in news], [n.arg_digest for n in news], [n.result for n in news],
+        [n.error for n in news], [n.queue for n in news],
+        json.dumps([list(n.tags) for n in news]), [n.priority for n in news],
+        [utc(n.due_at) for n in news], json.dumps([n.retry_policy for n in news]),
+        [_float_or_none(n.timeout_s) for n in news], [n.max_concurrent for n in news],
+        [n.idempotency_key for n in news], [n.attempt for n in news],
+        [n.retries for n in news], [n.dead_letter_reason for n in news],
+        [n.trace_context for n in news],
+    )
+
+
+def signal_wait_args(
+    parent_id: str, parent_fence: int, new: NewTask, signal_name: str, now: datetime,
+) -> tuple[Any, ...]:
+    """Arguments of ``create_signal_wait`` ($1..$25; see queries/postgres.sql)."""
+    return (
+        parent_id, parent_fence, new.id, new.parent_attempt, new.seq, new.step_name,
+        new.kind, new.state, new.args, new.arg_digest, new.result, new.error, new.queue,
+        list(new.tags), new.priority, utc(new.due_at), json.dumps(new.retry_policy),
+        _float_or_none(new.timeout_s), new.max_concurrent, new.idempotency_key, new.attempt,
+        new.retries, new.trace_context, signal_name, utc(now),
+    )
+
+
+def effect_args(
+    parent_id: str, parent_fence: int, new: NewTask, effect: ExecutionEffect, now: datetime,
+) -> tuple[Any, ...]:
+    """Arguments of ``record_effect`` ($1..$29; see queries/postgres.sql)."""
+    finished = utc(now) if new.state in TERMINAL_TASK_STATES else None
+    return (
+        parent_id, parent_fence, new.id, new.parent_attempt, new.seq, new.step_name,
+        new.kind, new.state, new.args, new.arg_digest, new.result, new.queue, list(new.tags),
+        new.priority, utc(new.due_at), json.dumps(new.retry_policy),
+        _float_or_none(new.timeout_s), new.max_concurrent, new.idempotency_key, utc(now),
+        finished, new.error, new.attempt, new.retries, new.trace_context,
+        effect.kind, effect.name, effect.delta, effect.value_json,
     )
 
 
@@ -127,6 +176,7 @@ def task_from_row(row: Row) -> TaskRecord:
         idempotency_key=row["idempotency_key"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        trace_context=row["trace_context"],
     )
 
 

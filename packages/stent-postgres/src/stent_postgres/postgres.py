@@ -7,6 +7,9 @@ enforces fencing, insert-if-absent on step keys and the state rules in its WHERE
 Cancellation and deadlines (``cancel_execution``, ``expire_executions``) take the locks that
 keep a cancelling execution from being left unsettled by racing siblings: see
 ``schema/postgres/0002_cancellation.sql``.
+Signals (``create_signal_wait``, ``send_signal``) of one execution take turns on an advisory
+lock keyed on it, and cache keys are rows locked by their claimers: see
+``schema/postgres/0003_signals_cache.sql``.
 Claims take rows with ``FOR NO KEY UPDATE SKIP LOCKED`` from partial indexes on claimable
 rows; ``max_concurrent`` is a counter row per capped function, locked and updated in the
 same statement as the slots it hands out. The schema lives in ``schema/postgres/``.
@@ -24,8 +27,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 from stent.records import (
+    CacheClaim,
     ClaimFilter,
     DeadLetterRecord,
+    ExecutionEffect,
     ExecutionRecord,
     Lease,
     NewExecution,
@@ -202,6 +207,100 @@ class PostgresBackend:
         """
         return await ops.create_step(self._db, parent_id, parent_fence, new, now, lease)
 
+    async def create_steps(
+        self, parent_id: str, parent_fence: int, news: Sequence[NewTask], now: datetime
+    ) -> list[tuple[TaskRecord, bool]]:
+        """Insert many children of one parent (a fan-out) in one statement: fenced on the
+        parent once, each child at its step key unless one is there.
+
+        Returns:
+            ``(task, created)`` per child, in the order of ``news``; ``task`` is the existing
+            row when its key was taken.
+
+        Raises:
+            LeaseLostError: the parent is no longer held at ``parent_fence``, or its execution
+                is not live (nothing is written).
+        """
+        return await ops.create_steps(self._db, parent_id, parent_fence, news, now)
+
+    async def create_signal_wait(
+        self, parent_id: str, parent_fence: int, new: NewTask, signal_name: str, now: datetime
+    ) -> tuple[TaskRecord, bool]:
+        """Insert a ``signal`` step at its step key unless one is there (fenced on the parent).
+
+        A created wait consumes the oldest unconsumed signal ``signal_name`` of the execution,
+        if there is one (born ``completed`` with its payload as result); otherwise it is born
+        as ``new`` says and joins the waiters of ``signal_name``. Serialised with
+        :meth:`send_signal` per execution, so no signal is lost between the check and the
+        insert.
+
+        Returns:
+            ``(task, created)``; the existing row (nothing consumed) when the key was taken.
+
+        Raises:
+            LeaseLostError: the parent is no longer held at ``parent_fence``, or its execution
+                is not live.
+        """
+        return await ops.create_signal_wait(self._db, parent_id, parent_fence, new,
+                                            signal_name, now)
+
+    async def send_signal(
+        self, execution_id: str, name: str, payload: bytes, now: datetime
+    ) -> str | None:
+        """Send signal ``name`` to an execution: the oldest of its waiters of that name still
+        ``pending`` or ``waiting`` consumes it at once (completed with ``payload``, its parent
+        woken); otherwise it is kept, in order, for the next wait.
+
+        Returns:
+            The id of the waiter served, ``""`` if the signal was kept, None (nothing
+            written) if there is no such execution.
+        """
+        return await ops.send_signal(self._db, execution_id, name, payload, now)
+
+    async def record_effect(
+        self, parent_id: str, parent_fence: int, new: NewTask, effect: ExecutionEffect,
+        now: datetime,
+    ) -> tuple[TaskRecord, bool]:
+        """Insert a born-completed step (as :meth:`create_step`) and, only if it was created,
+        apply ``effect`` to its execution's counters or custom state in the same statement.
+
+        Raises:
+            ValueError: an unknown effect kind, or a ``set_state`` value that is not JSON
+                (nothing written).
+            LeaseLostError: the parent is no longer held at ``parent_fence``, or its execution
+                is not live.
+        """
+        return await ops.record_effect(self._db, parent_id, parent_fence, new, effect, now)
+
+    async def cache_claim(
+        self, key: str, task_id: str, arg_digest: str, ttl_s: float | None, now: datetime
+    ) -> CacheClaim:
+        """Look up or take the idempotency/cache key ``key`` for ``task_id`` (one
+        transaction): ``hit`` (a live result; ``cache_hit`` logged on the caller's
+        execution), ``conflict`` (a live result for other arguments), ``busy`` (another
+        unfinished task owns it) or ``owner``. Two concurrent claims of one key yield one
+        owner. The owner's :meth:`complete_task` stores its result, expiring ``ttl_s``
+        seconds later (None: never)."""
+        return await ops.cache_claim(self._db, key, task_id, arg_digest, ttl_s, now)
+
+    async def cleanup_cache(self, now: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` cache entries whose result expired before ``now``.
+
+        Returns:
+            How many were deleted.
+        """
+        return await admin.cleanup_cache(self._db, now, limit)
+
+    async def acquire_maintenance(
+        self, name: str, holder: str, until: datetime, now: datetime
+    ) -> bool:
+        """Take or renew the maintenance lease ``name`` for ``holder`` until ``until``.
+
+        Returns:
+            True if it was free, expired before ``now``, or already ``holder``'s.
+        """
+        return await admin.acquire_maintenance(self._db, name, holder, until, now)
+
     async def load_steps(self, parent_id: str, attempt: int) -> list[StepRecord]:
         """Every recorded child of ``parent_id`` at ``attempt``, by sequence number."""
         return await ops.load_steps(self._db, parent_id, attempt)
@@ -209,7 +308,8 @@ class PostgresBackend:
     async def complete_task(
         self, task_id: str, fence: int, result: bytes, now: datetime
     ) -> bool:
-        """Record a task's result; wake its suspended parent or complete its execution.
+        """Record a task's result; wake its suspended parent or complete its execution; store
+        the result in the cache entry the task owns, if any (see :meth:`cache_claim`).
 
         Returns:
             False, changing nothing, if the fence is stale or the task is not running.
@@ -369,23 +469,27 @@ class PostgresBackend:
         return await admin.count(self._db, "queue_depth", queue)
 
     # -- maintenance and dead letters ----------------------------------------------------
-    async def cleanup_executions(self, older_than: datetime) -> int:
-        """Delete terminal executions finished before ``older_than`` with all their rows.
+    async def cleanup_executions(self, older_than: datetime, limit: int | None = None) -> int:
+        """Delete terminal executions finished before ``older_than`` (oldest first, at most
+        ``limit`` when given) with all their rows: tasks, dead letters, signals, signal
+        waiters, and cache entries their tasks own without a result (a stored result
+        outlives its execution until it expires).
 
         A naive ``older_than`` is read as local time (``datetime.now() - timedelta(...)``).
 
         Returns:
             How many executions were deleted.
         """
-        return await admin.cleanup_executions(self._db, older_than)
+        return await admin.cleanup_executions(self._db, older_than, limit)
 
-    async def cleanup_dead_letters(self, older_than: datetime) -> int:
-        """Delete dead letters written before ``older_than`` (naive: local time).
+    async def cleanup_dead_letters(self, older_than: datetime, limit: int | None = None) -> int:
+        """Delete dead letters written before ``older_than`` (naive: local time), oldest
+        first, at most ``limit`` when given.
 
         Returns:
             How many were deleted.
         """
-        return await admin.cleanup_dead_letters(self._db, older_than)
+        return await admin.cleanup_dead_letters(self._db, older_than, limit)
 
     async def list_dead_letters(self, limit: int = 50) -> list[DeadLetterRecord]:
         """Dead letters, newest first."""

@@ -75,7 +75,7 @@ INSERT INTO stent_schema_version (version) VALUES ($1);
 -- root task: $11 id, $12 parent_id, $13 parent_attempt, $14 seq, $15 step_name, $16 kind,
 -- $17 state, $18 args, $19 arg_digest, $20 result, $21 queue, $22 tags, $23 priority,
 -- $24 due_at, $25 retry_policy, $26 timeout_s, $27 max_concurrent, $28 idempotency_key,
--- $29 finished_at, $30 error, $31 attempt, $32 retries.
+-- $29 finished_at, $30 error, $31 attempt, $32 retries, $33 trace_context.
 WITH execution AS (
     INSERT INTO stent_executions (
         id, function, state, root_task_id, args, queue, tags, priority, idempotency_key,
@@ -88,9 +88,10 @@ root AS (
     INSERT INTO stent_tasks (
         id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
         arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
-        max_concurrent, idempotency_key, created_at, finished_at, error, attempt, retries)
+        max_concurrent, idempotency_key, created_at, finished_at, error, attempt, retries,
+        trace_context)
     SELECT $11, execution.id, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-           $25::jsonb, $26, $27, $28, $9, $29, $30, $31, $32
+           $25::jsonb, $26, $27, $28, $9, $29, $30, $31, $32, $33
     FROM execution
     RETURNING step_name, max_concurrent
 ),
@@ -292,7 +293,8 @@ SELECT * FROM leased ORDER BY priority DESC, due_at, ordinal;
 -- $8 state, $9 args, $10 arg_digest, $11 result, $12 queue, $13 tags, $14 priority,
 -- $15 due_at, $16 retry_policy, $17 timeout_s, $18 max_concurrent, $19 idempotency_key,
 -- $20 now, $21 finished_at, $22 worker_id, $23 lease_expires_at, $24 fence, $25 started_at,
--- $26 slot, $27 error, $28 attempt, $29 retries, $30 dead-letter reason, $31 now (ISO text).
+-- $26 slot, $27 error, $28 attempt, $29 retries, $30 dead-letter reason, $31 now (ISO text),
+-- $32 trace_context.
 WITH parent AS MATERIALIZED (
     SELECT id, execution_id
     FROM stent_tasks
@@ -308,9 +310,9 @@ inserted AS (
         id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
         arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
         max_concurrent, idempotency_key, created_at, finished_at, worker_id,
-        lease_expires_at, fence, started_at, slot, error, attempt, retries)
+        lease_expires_at, fence, started_at, slot, error, attempt, retries, trace_context)
     SELECT $3, live_parent.execution_id, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-           $15, $16::jsonb, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29
+           $15, $16::jsonb, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $32
     FROM live_parent
     ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
     RETURNING *
@@ -375,6 +377,133 @@ WHERE t.id = $1 AND t.fence = $2 AND t.state = 'running';
 -- task_by_step_key --
 -- $1 parent_id, $2 parent_attempt, $3 seq.
 SELECT * FROM stent_tasks WHERE parent_id = $1 AND parent_attempt = $2 AND seq = $3;
+
+-- create_steps --
+-- Many children of one parent in one call: stent_create_steps (schema/postgres), fenced on
+-- the parent once. Rows in input order, each with whether it was created; none when the
+-- parent is not held at its fence or its execution is not live (the caller tells those
+-- apart with held_task_execution_state).
+-- $1 parent_id, $2 parent_fence, $3 now, $4 now (ISO text); one array per field of the
+-- children: $5 ids, $6 parent_attempts, $7 seqs, $8 step_names, $9 kinds, $10 states,
+-- $11 args, $12 arg_digests, $13 results, $14 errors, $15 queues, $16 tags (a JSON array of
+-- arrays), $17 priorities, $18 due_ats, $19 retry policies (a JSON array), $20 timeouts,
+-- $21 max_concurrents, $22 idempotency_keys, $23 attempts, $24 retries, $25 dead-letter
+-- reasons, $26 trace_contexts.
+SELECT r.o_created AS created, (r.o_task).*
+FROM stent_create_steps($1, $2, $3, $4, $5::text[], $6::integer[], $7::integer[],
+                        $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[],
+                        $13::bytea[], $14::bytea[], $15::text[], $16::jsonb, $17::integer[],
+                        $18::timestamptz[], $19::jsonb, $20::double precision[],
+                        $21::integer[], $22::text[], $23::integer[], $24::integer[],
+                        $25::text[], $26::text[]) AS r
+ORDER BY r.o_n;
+
+-- create_signal_wait --
+-- A signal step at its key unless taken, consuming the oldest buffered signal of the name or
+-- joining its waiters: stent_create_signal_wait (schema/postgres), serialised with
+-- send_signal per execution. The new row (created) or the one at the key; none when the
+-- parent is not held at its fence or its execution is not live.
+-- $1 parent_id, $2 parent_fence, $3 id, $4 parent_attempt, $5 seq, $6 step_name, $7 kind,
+-- $8 state, $9 args, $10 arg_digest, $11 result, $12 error, $13 queue, $14 tags,
+-- $15 priority, $16 due_at, $17 retry_policy, $18 timeout_s, $19 max_concurrent,
+-- $20 idempotency_key, $21 attempt, $22 retries, $23 trace_context, $24 signal name, $25 now.
+SELECT r.o_created AS created, (r.o_task).*
+FROM stent_create_signal_wait($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                              $14::text[], $15, $16, $17::jsonb, $18, $19, $20, $21, $22,
+                              $23, $24, $25) AS r;
+
+-- send_signal --
+-- Deliver to the oldest live waiter of the name (its id), or keep the signal (''); NULL when
+-- there is no such execution: stent_send_signal (schema/postgres).
+-- $1 execution_id, $2 name, $3 payload, $4 now.
+SELECT stent_send_signal($1, $2, $3, $4);
+
+-- record_effect --
+-- A born-completed step inserted at its key (fenced on the parent, as insert_step) and, only
+-- if it was inserted, its effect applied to the execution in the same statement: counter $27
+-- += $28 (kind $26 = 'increment') or custom state $27 = $29 (kind 'set_state'). The
+-- execution row is updated after the task rows are locked (lock order); an UPDATE that waits
+-- for a concurrent writer of the row re-evaluates its SET on the newest version, so
+-- concurrent increments add up. Returns as insert_step does (no row: the caller tells why).
+-- $1 parent_id, $2 parent_fence, $3 id, $4 parent_attempt, $5 seq, $6 step_name, $7 kind,
+-- $8 state, $9 args, $10 arg_digest, $11 result, $12 queue, $13 tags, $14 priority,
+-- $15 due_at, $16 retry_policy, $17 timeout_s, $18 max_concurrent, $19 idempotency_key,
+-- $20 now, $21 finished_at (and started_at), $22 error, $23 attempt, $24 retries,
+-- $25 trace_context, $26 effect kind, $27 counter or state name, $28 delta, $29 value (JSON
+-- text).
+WITH parent AS MATERIALIZED (
+    SELECT id, execution_id
+    FROM stent_tasks
+    WHERE id = $1 AND fence = $2 AND state = 'running'
+    FOR SHARE
+),
+live_parent AS MATERIALIZED (
+    SELECT id, execution_id FROM parent
+    WHERE stent_live_execution(parent.execution_id) IS NOT NULL
+),
+inserted AS (
+    INSERT INTO stent_tasks (
+        id, execution_id, parent_id, parent_attempt, seq, step_name, kind, state, args,
+        arg_digest, result, queue, tags, priority, due_at, retry_policy, timeout_s,
+        max_concurrent, idempotency_key, created_at, finished_at, started_at, error, attempt,
+        retries, trace_context)
+    SELECT $3, live_parent.execution_id, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+           $15, $16::jsonb, $17, $18, $19, $20, $21, $21, $22, $23, $24, $25
+    FROM live_parent
+    ON CONFLICT (parent_id, parent_attempt, seq) DO NOTHING
+    RETURNING *
+),
+applied AS (
+    UPDATE stent_executions AS e
+    SET counters = CASE WHEN $26::text = 'increment'
+                        THEN e.counters || jsonb_build_object(
+                                 $27::text, coalesce((e.counters ->> $27::text)::bigint, 0)
+                                            + $28::bigint)
+                        ELSE e.counters END,
+        custom_state = CASE WHEN $26::text = 'set_state'
+                            THEN e.custom_state || jsonb_build_object($27::text, $29::jsonb)
+                            ELSE e.custom_state END
+    FROM inserted
+    WHERE e.id = inserted.execution_id
+)
+SELECT true AS created, inserted.* FROM inserted
+UNION ALL
+SELECT false AS created, t.*
+FROM live_parent
+JOIN stent_tasks AS t
+    ON t.parent_id = live_parent.id AND t.parent_attempt = $4 AND t.seq = $5
+WHERE NOT EXISTS (SELECT 1 FROM inserted);
+
+-- cache_claim --
+-- Look up or take an idempotency/cache key: stent_cache_claim (schema/postgres).
+-- $1 key, $2 task_id, $3 arg_digest, $4 ttl_s, $5 now, $6 progress ([cache_hit entry]).
+SELECT o_status AS status, o_result AS result, o_owner AS owner_task_id,
+       o_arg_digest AS arg_digest
+FROM stent_cache_claim($1, $2, $3, $4, $5, $6::jsonb);
+
+-- cleanup_cache --
+-- Delete up to $2 cache entries whose result expired before $1, oldest first. The outer
+-- WHERE clause is re-checked on the newest version of a row a claimer took over meanwhile
+-- (its expires_at is then NULL), so a fresh owner's entry is never deleted.
+WITH gone AS (
+    DELETE FROM stent_cache AS c
+    USING (SELECT key FROM stent_cache WHERE expires_at < $1
+           ORDER BY expires_at LIMIT $2) AS doomed
+    WHERE c.key = doomed.key AND c.expires_at < $1
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- acquire_maintenance --
+-- Take or renew the lease $1 for holder $2 until $3: inserted when missing, else updated
+-- only if it expired before $4 or $2 holds it already (ON CONFLICT locks the row and checks
+-- that on its newest version, so two racing holders cannot both get it). A row comes back
+-- when the lease is $2's.
+INSERT INTO stent_maintenance AS m (name, holder, lease_until)
+VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
+WHERE m.holder = excluded.holder OR m.lease_until < $4
+RETURNING true;
 
 -- load_steps --
 -- $1 parent_id, $2 attempt.
@@ -483,38 +612,20 @@ SELECT count(*) FROM stent_executions WHERE $1::text IS NULL OR state = $1;
 SELECT count(*) FROM stent_tasks WHERE state = 'pending' AND queue IS NOT DISTINCT FROM $1;
 
 -- cleanup_executions --
--- Delete terminal executions finished before $1, with their tasks and dead letters, in one
--- statement. The executions are deleted first (their WHERE clause re-checked on the newest
--- version: an execution a dead-letter replay revived meanwhile is kept), then what belongs
--- to them. Slot holders among the deleted tasks give their slots back.
-WITH gone AS (
-    DELETE FROM stent_executions
-    WHERE state IN ('completed', 'failed', 'timed_out', 'cancelled') AND finished_at < $1
-    RETURNING id
-),
-gone_tasks AS (
-    DELETE FROM stent_tasks AS t
-    USING gone
-    WHERE t.execution_id = gone.id
-    RETURNING t.step_name, t.slot AND t.state = 'running' AS held
-),
-gone_dead AS (
-    DELETE FROM stent_dead_letters AS d
-    USING gone
-    WHERE d.execution_id = gone.id
-),
-freed AS (
-    UPDATE stent_concurrency AS c
-    SET holders = c.holders - released.n
-    FROM (SELECT step_name, count(*)::integer AS n FROM gone_tasks WHERE held
-          GROUP BY step_name) AS released
-    WHERE c.step_name = released.step_name
-)
-SELECT count(*) FROM gone;
+-- Delete up to $2 (NULL: every) terminal executions finished before $1, oldest first, with
+-- their tasks, dead letters, signals, signal waiters and the cache entries their tasks own
+-- without a result: stent_cleanup_executions (schema/postgres), one statement per table.
+SELECT stent_cleanup_executions($1, $2);
 
 -- cleanup_dead_letters --
--- $1 cutoff.
-WITH gone AS (DELETE FROM stent_dead_letters WHERE created_at < $1 RETURNING 1)
+-- Delete up to $2 (NULL: every) dead letters written before $1, oldest first.
+WITH gone AS (
+    DELETE FROM stent_dead_letters AS d
+    USING (SELECT task_id FROM stent_dead_letters WHERE created_at < $1
+           ORDER BY created_at LIMIT $2) AS doomed
+    WHERE d.task_id = doomed.task_id AND d.created_at < $1
+    RETURNING 1
+)
 SELECT count(*) FROM gone;
 
 -- list_dead_letters --
