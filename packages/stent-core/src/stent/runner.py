@@ -113,7 +113,7 @@ class TaskRunner:
             # claimed only when its timeout is due (a delivered signal completes it in storage)
             await self._fail_final(rt, self._signal_timeout(task), None)
             return
-        if task.crash_count > ex.max_crash_recoveries:
+        if task.crash_count > ex.max_crash_recoveries and not await self._bystander(rt):
             err = RuntimeError(
                 f"task {task.id} ({task.step_name}) was taken over after its worker died "
                 f"{task.crash_count} times, over max_crash_recoveries={ex.max_crash_recoveries}"
@@ -240,6 +240,18 @@ class TaskRunner:
                 )
             assert claim.owner_task_id is not None
             await ex.hub.wait(claim.owner_task_id)
+
+    async def _bystander(self, rt: RunningTask) -> bool:
+        """Whether a task over ``max_crash_recoveries`` was only awaiting a step when its
+        workers died (a step of its current attempt is unfinished): then the step is the
+        suspect, with its own count, and the caller resumes to await it. A storage error
+        counts as "no": the verdict is the cautious one."""
+        task = rt.record
+        try:
+            steps = await self.executor.backend.load_steps(task.id, task.attempt)
+        except Exception:
+            return False
+        return any(s.state not in ("completed", "failed", "cancelled") for s in steps)
 
     def _signal_timeout(self, task: TaskRecord) -> SignalTimeoutError:
         try:

@@ -177,8 +177,12 @@ async def _run_step(
     with ctx.waiting_on(new.id):
         # A capped function goes through storage, where the claim counts its cap.
         # So does a cached one: its key is claimed by a written task.
+        # And so does every step of a task taken over after a crash: written before it runs,
+        # a step that kills its worker is counted as the suspect (max_crash_recoveries),
+        # not its caller.
         lease = (ctx.worker.reserve_local_slot(new)
-                 if fn.max_concurrent is None and not uses_cache(fn) else None)
+                 if fn.max_concurrent is None and not uses_cache(fn)
+                 and ctx.task.crash_count == 0 else None)
         if lease is not None:
             # The hot path: run the step here now and write it once, with its outcome.
             task = ctx.worker.run_inline(ctx, new, lease)
