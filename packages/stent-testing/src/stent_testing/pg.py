@@ -9,6 +9,11 @@ When the server cannot be reached, tests that need it are skipped with the reaso
 ``CI=true``, where that is a failure: a CI run that silently skips the Postgres suite proves
 nothing.
 
+With ``STENT_TEST_PG_ROLE=restricted``, :func:`create_test_backend` migrates the schema as the
+DSN's (owner) role, then hands the test a backend connected as ``stent_restricted``, a role
+with only SELECT/INSERT/UPDATE/DELETE on Stent's tables, USAGE on its sequences and EXECUTE on
+its functions (least privilege: what a production worker needs).
+
 Needs ``stent-postgres`` (and so asyncpg); imported only by tests that use PostgreSQL.
 """
 
@@ -28,6 +33,9 @@ if TYPE_CHECKING:
     from stent_postgres import PostgresBackend
 
 DSN_ENV = "STENT_TEST_POSTGRES_DSN"
+#: ``restricted``: tests get a backend connected as :data:`RESTRICTED_ROLE` (see the docstring)
+ROLE_ENV = "STENT_TEST_PG_ROLE"
+RESTRICTED_ROLE = "stent_restricted"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 #: Prefix of the schemas this module creates (and may drop).
 SCHEMA_PREFIX = "stent_t_"
@@ -175,10 +183,53 @@ async def create_test_backend(dsn: str | None = None, **options: Any) -> Postgre
     _test_schemas[backend] = (dsn, name)
     try:
         await backend.init_db()
+        role = os.environ.get(ROLE_ENV, "")
+        if role == "restricted":
+            restricted = PostgresBackend(await _grant_restricted(dsn, name), schema=name,
+                                         **options)
+            _test_schemas[restricted] = _test_schemas.pop(backend)  # dropped by the owner
+            await backend.close()
+            backend = restricted
+        elif role:
+            raise ValueError(f"{ROLE_ENV}={role!r}: expected 'restricted' or nothing")
     except BaseException:
         await dispose_test_backend(backend)
         raise
     return backend
+
+
+async def _grant_restricted(dsn: str, schema: str) -> str:
+    """Give :data:`RESTRICTED_ROLE` the least privileges on ``schema``; its DSN."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from stent_postgres._pg_dsn import validate_schema
+
+    parts = urlsplit(dsn)
+    if not parts.scheme.startswith("postgres"):
+        raise ValueError(f"{ROLE_ENV}=restricted needs a URL-form {DSN_ENV}")
+    quoted = validate_schema(schema)
+    conn = await _connect(dsn)
+    try:
+        # roles are cluster-wide: parallel tests may race to create it
+        await conn.execute(f"""
+            DO $$ BEGIN
+                CREATE ROLE {RESTRICTED_ROLE} LOGIN PASSWORD '{RESTRICTED_ROLE}';
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END $$;
+            GRANT USAGE ON SCHEMA {quoted} TO {RESTRICTED_ROLE};
+            GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {quoted}
+                TO {RESTRICTED_ROLE};
+            GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {quoted} TO {RESTRICTED_ROLE};
+            GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {quoted} TO {RESTRICTED_ROLE};
+        """)
+    finally:
+        await conn.close()
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{RESTRICTED_ROLE}:{RESTRICTED_ROLE}@{host}" + (
+        f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 async def dispose_test_backend(backend: object) -> None:
