@@ -71,8 +71,9 @@ async def test_ten_thousand_awaits_use_at_most_two_redis_connections(
           f"peak at once: {peak}; {stats}; seen: {everyone}")
     assert accepted <= 2 and peak <= 2 and len(seen_ids) <= 2
     assert stats.clients_created == 2
-    # the steps' completions went out through Redis, many to a message
-    assert stats.published_ids >= N * 0.9 and stats.published_messages < N / 20
+    # no message per await: a parent awaiting its map in this process is handed each
+    # outcome in memory, and whatever does go out is coalesced
+    assert stats.published_messages < N / 20
 
 
 @pytest.mark.timeout(300)

@@ -32,7 +32,7 @@ from .errors import (
 from .health import HealthServer, metrics_text_of
 from .inspection import ExecutionState, execution_state, export_history
 from .lifecycle import WorkerLifecycle
-from .names import check_name, check_priority, check_queue, check_tags
+from .names import check_key, check_name, check_priority, check_queue, check_tags, is_lookup_id
 from .records import (
     TERMINAL_EXECUTION_STATES,
     DeadLetterRecord,
@@ -330,12 +330,10 @@ class Stent:
         route_tags = check_tags(tags) if tags is not None else func.tags
         route_queue = check_queue(queue) if queue is not None else func.queue
         route_priority = check_priority(priority) if priority is not None else func.priority
-        if execution_id is not None and (not isinstance(execution_id, str) or not execution_id
-                                         or len(execution_id) > 200):
-            raise ValueError(f"invalid execution_id {execution_id!r}: expected a non-empty str")
-        if idempotency_key is not None and (not isinstance(idempotency_key, str)
-                                            or not idempotency_key or len(idempotency_key) > 1000):
-            raise ValueError(f"invalid idempotency_key {idempotency_key!r}: expected a non-empty str")
+        if execution_id is not None:
+            check_key("execution_id", execution_id, 200)
+        if idempotency_key is not None:
+            check_key("idempotency_key", idempotency_key, 1000)
         payload = steps.encode_call(self, func.name, args, kwargs)
         if uses_cache(func):
             cache_key(func, self.serializer, args, kwargs)  # a bad key fails at dispatch
@@ -415,7 +413,7 @@ class Stent:
         return Result.Error(decode_error(error))
 
     async def _get_execution(self, execution_id: str) -> ExecutionRecord:
-        if not isinstance(execution_id, str) or not execution_id:
+        if not is_lookup_id(execution_id):
             raise ExecutionNotFound(f"invalid execution id {execution_id!r}")
         ex = await self.backend.get_execution(execution_id)
         if ex is None:
@@ -502,7 +500,7 @@ class Stent:
         Returns:
             The execution's state after the call.
         """
-        if not isinstance(execution_id, str) or not execution_id:
+        if not is_lookup_id(execution_id):
             raise ExecutionNotFound(f"invalid execution id {execution_id!r}")
         error = encode_error(ExecutionCancelledError(f"execution {execution_id} was cancelled"))
         state = await self.backend.cancel_execution(execution_id, error, self.clock.now())
@@ -527,7 +525,7 @@ class Stent:
             ValueError: ``name`` outside ``[A-Za-z0-9_.:-]{1,200}``.
             SerializationError, PayloadTooLargeError: a payload that cannot be stored.
         """
-        if not isinstance(execution_id, str) or not execution_id:
+        if not is_lookup_id(execution_id):
             raise ExecutionNotFound(f"invalid execution id {execution_id!r}")
         name = check_name("signal", name)
         data = dumps_with_path(self.serializer, payload, f"payload of signal {name!r}")
@@ -789,6 +787,4 @@ class Stent:
 
 
 def _check_task_id(task_id: object) -> str:
-    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
-        raise ValueError(f"invalid task id {task_id!r}: expected a non-empty str")
-    return task_id
+    return check_key("task id", task_id, 200)

@@ -48,3 +48,36 @@ def check_positive_int(kind: str, value: object, *, allow_none: bool = True) -> 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"invalid {kind} {value!r}: expected an int >= 1")
     return value
+
+
+def storable(value: str) -> bool:
+    """Whether every backend can store ``value`` as text: no NUL character (PostgreSQL text
+    cannot hold one) and valid UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_key(kind: str, value: object, max_bytes: int) -> str:
+    """An id or key a user chooses (``execution_id``, ``idempotency_key``, a task id): a
+    non-empty str, storable, at most ``max_bytes`` UTF-8 bytes; else ``ValueError`` naming
+    it."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"invalid {kind} {value!r}: expected a non-empty str")
+    if not storable(value):
+        raise ValueError(f"invalid {kind} {value!r}: NUL characters and lone surrogates "
+                         "cannot be stored")
+    if len(value.encode("utf-8")) > max_bytes:
+        raise ValueError(f"invalid {kind} {value[:40]!r}...: longer than {max_bytes} UTF-8 bytes")
+    return value
+
+
+def is_lookup_id(value: object, max_bytes: int = 200) -> bool:
+    """Whether ``value`` could be a stored id at all (a lookup of anything else finds
+    nothing, without asking the database)."""
+    return (isinstance(value, str) and bool(value) and storable(value)
+            and len(value.encode("utf-8")) <= max_bytes)

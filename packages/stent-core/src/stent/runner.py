@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import faults
-from .caching import cache_key, uses_cache
+from .caching import cache_key, user_key, uses_cache
 from .context import TaskContext, _current
 from .errors import (
     IdempotencyConflictError,
@@ -233,8 +233,9 @@ class TaskRunner:
                 assert claim.result is not None
                 return claim.result
             if claim.status == "conflict":
+                shown = user_key(fn, args, kwargs) if fn.idempotency_key_func else key
                 raise IdempotencyConflictError(
-                    f"{fn.name}: its idempotency key {key!r} holds the result of a call with "
+                    f"{fn.name}: its idempotency key {shown!r} holds the result of a call with "
                     f"other arguments (digest {claim.arg_digest}, this call {task.arg_digest}); "
                     "refusing to return another call's result"
                 )
@@ -312,7 +313,11 @@ class TaskRunner:
             # dead letter. A caller that wants to retry catches it or wraps it.
             await self._fail_final(rt, exc, None)
             return
-        policy = _policy(task)
+        try:
+            policy = _policy(task)
+        except Exception as bad:  # a stored policy this code cannot read: no retry is sound
+            await self._fail_final(rt, exc, f"unreadable retry policy: {type(bad).__name__}")
+            return
         failed_attempts = task.retries + 1
         if policy.should_retry(exc, failed_attempts):
             delay = policy.delay_for(failed_attempts)

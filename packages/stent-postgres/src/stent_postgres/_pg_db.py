@@ -167,7 +167,7 @@ class PostgresDatabase:
         failure: BaseException | None = None
         try:
             pool = await asyncpg.create_pool(
-                dsn=self.dsn.text,
+                dsn=self.dsn.url,
                 min_size=self.min_size,
                 max_size=self.max_size,
                 timeout=self.connect_timeout,

@@ -18,7 +18,7 @@ from stent.errors import BackendError
 
 #: An unquoted PostgreSQL identifier (NAMEDATALEN - 1 = 63 bytes at most).
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_URI_SCHEMES = ("postgresql://", "postgres://")
+_ANY_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _PASSWORD_PARAM = re.compile(r"(?i)(^|[?&])(password=)([^&]*)")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 _MASK = "***"
@@ -62,6 +62,9 @@ class Dsn:
     masked: str
     secrets: tuple[str, ...]
     unencoded_userinfo: bool
+    #: what asyncpg is given: a ``postgresql://`` URL (``key=value`` DSNs and
+    #: ``postgresql+driver://`` URLs are converted to it)
+    url: str = ""
 
     def scrub(self, message: str) -> str:
         """``message`` with every form of the password replaced by ``***``."""
@@ -84,8 +87,9 @@ def parse_dsn(dsn: str) -> Dsn:
     found: list[str] = []
     masked = dsn
     unencoded = False
-    lowered = dsn.lower()
-    scheme = next((s for s in _URI_SCHEMES if lowered.startswith(s)), None)
+    url = dsn
+    m = _ANY_SCHEME.match(dsn)
+    scheme = m.group(0) if m else None
     if scheme is not None:
         rest = dsn[len(scheme):]
         at = rest.rfind("@")
@@ -103,6 +107,18 @@ def parse_dsn(dsn: str) -> Dsn:
         for match in _KEYWORD_PASSWORD.finditer(dsn):
             found.append(match.group(1).strip("'"))
         masked = _KEYWORD_PASSWORD.sub(f"password={_MASK}", dsn)
+        try:
+            url = _keywords_to_url(dsn)
+        except ValueError as exc:
+            raise ValueError(f"invalid PostgreSQL DSN {masked!r}: {exc}") from None
+    if scheme is not None:
+        base = scheme.lower()[:-3].split("+", 1)[0]
+        if base not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"invalid PostgreSQL DSN {masked!r}: expected postgresql://..., "
+                "postgres://... or libpq key=value pairs"
+            )
+        url = "postgresql://" + dsn[len(scheme):]
     variants: set[str] = set()
     for secret in found:
         for form in (secret, unquote(secret), quote(secret, safe=""), quote(unquote(secret),
@@ -110,7 +126,78 @@ def parse_dsn(dsn: str) -> Dsn:
             if form:
                 variants.add(form)
     secrets = tuple(sorted(variants, key=len, reverse=True))
-    return Dsn(text=dsn, masked=masked, secrets=secrets, unencoded_userinfo=unencoded)
+    return Dsn(text=dsn, masked=masked, secrets=secrets, unencoded_userinfo=unencoded, url=url)
+
+
+#: libpq keywords that go into a URL's authority or path rather than its query
+_URL_PARTS = {"user", "password", "host", "hostaddr", "port", "dbname"}
+
+
+def _keywords_to_url(dsn: str) -> str:
+    """A libpq ``key=value`` DSN (values optionally single-quoted, ``\\`` escapes) as the
+    ``postgresql://`` URL asyncpg reads."""
+    pairs: dict[str, str] = {}
+    i, n = 0, len(dsn)
+    while i < n:
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        eq = dsn.find("=", i)
+        if eq < 0:
+            raise ValueError("expected key=value pairs")
+        key = dsn[i:eq].strip()
+        if not key or not key.replace("_", "").isalnum():
+            raise ValueError(f"bad keyword {key[:30]!r}")
+        i = eq + 1
+        while i < n and dsn[i].isspace():
+            i += 1
+        value: list[str] = []
+        if i < n and dsn[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("unterminated quoted value")
+                ch = dsn[i]
+                if ch == "\\" and i + 1 < n:
+                    value.append(dsn[i + 1])
+                    i += 2
+                    continue
+                if ch == "'":
+                    i += 1
+                    break
+                value.append(ch)
+                i += 1
+        else:
+            while i < n and not dsn[i].isspace():
+                if dsn[i] == "\\" and i + 1 < n:
+                    value.append(dsn[i + 1])
+                    i += 2
+                    continue
+                value.append(dsn[i])
+                i += 1
+        pairs[key] = "".join(value)
+    if not pairs:
+        raise ValueError("empty DSN")
+    auth = ""
+    if "user" in pairs:
+        auth = quote(pairs["user"], safe="")
+        if "password" in pairs:
+            auth += ":" + quote(pairs["password"], safe="")
+        auth += "@"
+    host = pairs.get("host") or pairs.get("hostaddr") or ""
+    if host.startswith("/"):  # a Unix socket directory goes into the query
+        pairs.setdefault("host", host)
+        hostpart = ""
+    else:
+        hostpart = f"[{host}]" if ":" in host else host
+        pairs.pop("host", None)
+    if "port" in pairs and hostpart:
+        hostpart += ":" + pairs["port"]
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs.items()
+                     if k not in _URL_PARTS or (k == "host" and not hostpart))
+    path = "/" + quote(pairs["dbname"], safe="") if "dbname" in pairs else ""
+    return f"postgresql://{auth}{hostpart}{path}" + (f"?{query}" if query else "")
 
 
 def connect_error(dsn: Dsn, exc: BaseException) -> BackendError:

@@ -120,7 +120,7 @@ def task_from_row(row: sqlite3.Row) -> TaskRecord:
         result=row["result"],
         error=row["error"],
         queue=row["queue"],
-        tags=tuple(json.loads(row["tags"])),
+        tags=_stored_tags(row["tags"]),
         priority=row["priority"],
         worker_id=row["worker_id"],
         lease_expires_at=utc_or_none(row["lease_expires_at"]),
@@ -128,7 +128,7 @@ def task_from_row(row: sqlite3.Row) -> TaskRecord:
         attempt=row["attempt"],
         retries=row["retries"],
         crash_count=row["crash_count"],
-        retry_policy=json.loads(row["retry_policy"]),
+        retry_policy=_stored_policy(row["retry_policy"]),
         timeout_s=row["timeout_s"],
         max_concurrent=row["max_concurrent"],
         idempotency_key=row["idempotency_key"],
@@ -189,3 +189,23 @@ def dead_letter_from_row(row: sqlite3.Row) -> DeadLetterRecord:
         created_at=utc(row["created_at"]),
         retries=row["retries"],
     )
+
+
+def _stored_tags(text: str) -> tuple[str, ...]:
+    """A task's tags; a corrupted value (written around Stent) reads as no tags rather than
+    failing the claim that read it, which would stop every worker at that row."""
+    try:
+        tags = json.loads(text)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
+
+
+def _stored_policy(text: str) -> dict[str, Any]:
+    """A task's retry policy; a corrupted value reads as a policy the engine refuses (the
+    task is then dead-lettered as "unreadable retry policy") instead of failing the claim."""
+    try:
+        policy = json.loads(text)
+    except (TypeError, ValueError):
+        return {"unreadable": str(text)[:200]}
+    return policy if isinstance(policy, dict) else {"unreadable": str(text)[:200]}

@@ -262,7 +262,7 @@ class PostgresNotifications:
 
     async def _connect(self, role: str) -> asyncpg.Connection:
         return await asyncpg.connect(
-            self._dsn, timeout=_CONNECT_TIMEOUT_S,
+            self._parsed_dsn.url, timeout=_CONNECT_TIMEOUT_S,
             server_settings={"application_name": f"stent-{role}:{self._prefix}"[:63]},
         )
 

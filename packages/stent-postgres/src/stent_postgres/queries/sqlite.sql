@@ -77,8 +77,8 @@ WHERE t.state = 'pending' AND t.due_at <= :now
          OR t.queue IN (SELECT value FROM json_each(:queues))
          OR (t.queue IS NULL AND :default_queue))
     AND (:tags IS NULL OR t.tags = '[]'
-         OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
-                    WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+         OR CASE WHEN json_valid(t.tags) THEN EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                    WHERE tag.value IN (SELECT value FROM json_each(:tags))) END)))
 UNION ALL
 SELECT t.ordinal, t.priority, t.due_at, t.step_name, t.max_concurrent
 FROM stent_tasks AS t
@@ -91,8 +91,8 @@ WHERE t.state = 'running' AND t.lease_expires_at < :now
          OR t.queue IN (SELECT value FROM json_each(:queues))
          OR (t.queue IS NULL AND :default_queue))
     AND (:tags IS NULL OR t.tags = '[]'
-         OR EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
-                    WHERE tag.value IN (SELECT value FROM json_each(:tags))))))
+         OR CASE WHEN json_valid(t.tags) THEN EXISTS (SELECT 1 FROM json_each(t.tags) AS tag
+                    WHERE tag.value IN (SELECT value FROM json_each(:tags))) END)))
 ORDER BY 2 DESC, 3, 1;
 
 -- count_live_instances --
