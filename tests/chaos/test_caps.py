@@ -44,13 +44,18 @@ async def test_cap_holds_across_processes_and_a_killed_holders_slot_comes_back(
             held = {w: await probe.held_by(w.worker_id, "chaos.capped_step")
                     for w in fleet.workers}
             victim = next((w for w, h in held.items() if h), None)
-            if victim is not None:
+            if victim is None:
+                await asyncio.sleep(0.02)
+                continue
+            t = fleet.kill(victim)
+            fleet.start()
+            # what it held when it died (it may have finished some since the look above)
+            kill = Kill(t, victim.pid, await probe.held_by(victim.worker_id,
+                                                           "chaos.capped_step"))
+            if kill.held:
                 break
-            await asyncio.sleep(0.02)
         else:
-            raise AssertionError("no worker ever held a capped step:\n" + fleet.logs())
-        kill = Kill(fleet.kill(victim), victim.pid, held[victim])
-        fleet.start()
+            raise AssertionError("no worker died holding a capped step:\n" + fleet.logs())
         await track_takeover(probe, kill, LEASE, give_up=BOUND + 30)
         results = await asyncio.wait_for(asyncio.gather(*(ex.wait_for(i) for i in ids)), 120)
     finally:
