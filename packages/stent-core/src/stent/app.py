@@ -565,7 +565,9 @@ class Stent:
 
     async def get_dead_letter(self, task_id: str) -> DeadLetterRecord | None:
         """One dead letter by task id, or None."""
-        return await self.backend.get_dead_letter(_check_task_id(task_id))
+        if not is_lookup_id(_check_task_type(task_id)):
+            return None  # no stored task can have this id
+        return await self.backend.get_dead_letter(task_id)
 
     async def replay_dead_letter(
         self, task_id: str, *, queue: str | None = None, reset_retries: bool = True
@@ -576,7 +578,8 @@ class Stent:
         Returns:
             False if there is no such dead letter.
         """
-        _check_task_id(task_id)
+        if not is_lookup_id(_check_task_type(task_id)):
+            return False
         if not isinstance(reset_retries, bool):
             raise ValueError(f"invalid reset_retries {reset_retries!r}: expected a bool")
         q = check_queue(queue)
@@ -590,7 +593,9 @@ class Stent:
 
     async def discard_dead_letter(self, task_id: str) -> bool:
         """Delete a dead letter. Returns False if there was none."""
-        return await self.backend.discard_dead_letter(_check_task_id(task_id))
+        if not is_lookup_id(_check_task_type(task_id)):
+            return False
+        return await self.backend.discard_dead_letter(task_id)
 
     # -- workers ------------------------------------------------------------------------------------
     async def serve(self, **kwargs: Any) -> None:
@@ -786,5 +791,9 @@ class Stent:
 
 
 
-def _check_task_id(task_id: object) -> str:
-    return check_key("task id", task_id, 200)
+def _check_task_type(task_id: object) -> str:
+    """A task id must be a non-empty str (``ValueError``); whether any stored task could
+    have it is :func:`is_lookup_id`'s question."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError(f"invalid task id {task_id!r}: expected a non-empty str")
+    return task_id

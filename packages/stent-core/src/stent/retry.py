@@ -121,12 +121,21 @@ class RetryPolicy:
         def classes(paths: list[str]) -> tuple[type[BaseException], ...]:
             return tuple(c for c in (_load_class(p) for p in paths) if c is not None)
 
+        def field(name: str, kind: type[int] | type[float]) -> Any:
+            try:
+                return kind(data[name])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"stored retry policy field {name!r} is {data.get(name, '<missing>')!r}, "
+                    f"not {'an int' if kind is int else 'a number'}"
+                ) from None
+
         return cls(
-            max_attempts=int(data["max_attempts"]),
-            initial_delay=float(data["initial_delay"]),
-            backoff_factor=float(data["backoff_factor"]),
-            max_delay=float(data["max_delay"]),
-            jitter=float(data["jitter"]),
+            max_attempts=field("max_attempts", int),
+            initial_delay=field("initial_delay", float),
+            backoff_factor=field("backoff_factor", float),
+            max_delay=field("max_delay", float),
+            jitter=field("jitter", float),
             retry_for=classes(data.get("retry_for", [])),
             no_retry_for=classes(data.get("no_retry_for", [])),
         )

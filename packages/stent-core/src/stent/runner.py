@@ -316,7 +316,7 @@ class TaskRunner:
         try:
             policy = _policy(task)
         except Exception as bad:  # a stored policy this code cannot read: no retry is sound
-            await self._fail_final(rt, exc, f"unreadable retry policy: {type(bad).__name__}")
+            await self._fail_final(rt, exc, f"unreadable retry policy: {bad}"[:500])
             return
         failed_attempts = task.retries + 1
         if policy.should_retry(exc, failed_attempts):
