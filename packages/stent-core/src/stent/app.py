@@ -774,7 +774,7 @@ class Stent:
         t = ctx.task
         return ExecutionContext(execution_id=t.execution_id, task_id=t.id, attempt=t.attempt,
                                 idempotency_key=t.idempotency_key, step_name=t.step_name,
-                                _task=ctx)
+                                fence=t.fence, _task=ctx)
 
     @staticmethod
     async def now() -> datetime:

@@ -119,6 +119,9 @@ class ExecutionContext:
         idempotency_key: stable across re-runs and retries of this task: use it to make
             external side effects idempotent.
         step_name: the registered name of the running function.
+        fence: this run's fence token (bumped by every claim): a write by an older run of
+            this task is refused. 0 for a step running before its row is written (its
+            caller's lease covers it then).
     """
 
     execution_id: str
@@ -127,6 +130,7 @@ class ExecutionContext:
     idempotency_key: str
     step_name: str
     extra: dict[str, Any] = field(default_factory=dict)
+    fence: int = 0
     _task: TaskContext | None = field(default=None, repr=False, compare=False)
 
     async def increment(self, counter: str, by: int = 1) -> None:

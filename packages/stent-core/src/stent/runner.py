@@ -54,6 +54,11 @@ class RunningTask:
     #: whether its outcome is written
     recorded: bool = False
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: its lease loss has been reported at WARNING (once per loss, by whoever saw it first)
+    lease_loss_logged: bool = False
+    #: when this run started (engine clock), and how many slow-step warnings it has had
+    started_mono: float | None = None
+    slow_warnings: int = 0
 
     def stop(self, reason: str) -> None:
         """Cancel the task's coroutine for ``reason`` (first reason wins)."""
@@ -175,8 +180,9 @@ class TaskRunner:
             elif reason == "expired":
                 return  # its execution timed out; storage already cancelled it
             elif reason == "lease_lost":
-                log.warning("task %s lost its lease; its outcome is discarded", task.id,
-                            extra=extra)
+                # the heartbeat that found the loss has warned already: one warning per loss
+                log.info("task %s lost its lease; its outcome is discarded", task.id,
+                         extra=extra)
                 return
             else:
                 await self._release(rt)
@@ -531,8 +537,11 @@ class TaskRunner:
                 delay = min(5.0, delay * 2)
                 continue
             if not ok:
-                log.warning(
-                    "stale lease: the write for task %s (fence %d) was rejected; another "
-                    "worker holds it now", task.id, task.fence,
-                    extra=log_extra(task, self.worker.worker_id))
+                # one WARNING per lease loss: the heartbeat may have reported it already
+                level = logging.INFO if rt.lease_loss_logged else logging.WARNING
+                rt.lease_loss_logged = True
+                log.log(level,
+                        "stale lease: the write for task %s (fence %d) was rejected; another "
+                        "worker holds it now", task.id, task.fence,
+                        extra=log_extra(task, self.worker.worker_id))
             return ok

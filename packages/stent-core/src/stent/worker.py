@@ -64,6 +64,7 @@ class Worker:
         drain_grace_period: float = 30.0,
         cleanup_interval: object = 3600.0,
         retention_period: object = timedelta(days=7),
+        slow_step_warning: object = timedelta(minutes=10),
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"invalid max_concurrency {max_concurrency!r}: expected an int >= 1")
@@ -96,6 +97,9 @@ class Worker:
         if self.cleanup_interval <= 0:
             raise ValueError(f"invalid cleanup_interval {cleanup_interval!r}: must be positive")
         self.retention = parse_duration(retention_period)
+        self.slow_step_s = parse_duration(slow_step_warning).total_seconds()
+        if self.slow_step_s <= 0:
+            raise ValueError(f"invalid slow_step_warning {slow_step_warning!r}: must be positive")
         self.lifecycle = lifecycle or WorkerLifecycle()
         self.lifecycle.worker_id = self.worker_id
         self.runner = TaskRunner(self)
@@ -114,6 +118,11 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._last_outage_log = 0.0
         self._last_claim_ok = True
+        #: suspects (tasks taken over after their worker died) claimed while other work ran
+        #: here: leased and heart-beaten, started one at a time once the worker is idle
+        self._deferred: list[TaskRecord] = []
+        #: the suspect running alone right now, if any: nothing else is claimed meanwhile
+        self._suspect: str | None = None
 
     # -- public -------------------------------------------------------------------------------
     def claim_filter(self) -> ClaimFilter:
@@ -140,6 +149,7 @@ class Worker:
         clock_loop = asyncio.get_running_loop().create_task(self._clock_loop())
         housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
         cleanup = asyncio.get_running_loop().create_task(self._cleanup_loop())
+        loop_watch = asyncio.get_running_loop().create_task(self._watch_event_loop())
         try:
             if not lc.draining:
                 lc.state = "ready"
@@ -151,8 +161,11 @@ class Worker:
             self._stopping = True
             housekeeping.cancel()
             cleanup.cancel()
+            loop_watch.cancel()
             clock_loop.cancel()
             await self._stop_all("crash" if self._crashed else "shutdown")
+            if not self._crashed:
+                await self._release_deferred()
             lc.state = "stopped"
             lc.active_tasks = 0
             ex.unregister_worker(self)
@@ -161,6 +174,8 @@ class Worker:
 
     # -- slots --------------------------------------------------------------------------------
     def _free_slots(self) -> int:
+        if self._suspect is not None or self._deferred:
+            return 0  # a suspect runs alone: if it kills this worker, it dies alone
         return self.max_concurrency - self.active - self.reserved
 
     def reserve_local_slot(self, new: NewTask) -> Lease | None:
@@ -257,6 +272,11 @@ class Worker:
         rt.waiting_since = self.executor.clock.monotonic()
         self.active -= 1
         self._sync_lifecycle()
+        if self._suspect == rt.record.id:
+            # a suspect awaiting its steps runs no code of its own: others may run now
+            self._suspect = None
+            self._start_deferred_suspect()
+            self.wake()
         if self.lifecycle.draining:
             rt.stop("suspend")
         self._slot_freed()
@@ -291,6 +311,7 @@ class Worker:
                 old.holds_slot = False
                 self.active -= 1
         rt = rt or RunningTask(task)
+        rt.started_mono = self.executor.clock.monotonic()
         self.running[task.id] = rt
         if len(self.running) == 1:
             self._housekeeping_wake.set()
@@ -316,6 +337,9 @@ class Worker:
             if rt.holds_slot:
                 self.active -= 1
             self._sync_lifecycle()
+            if self._suspect == rt.record.id:
+                self._suspect = None
+            self._start_deferred_suspect()
             if rt.record.max_concurrent is not None and not self._crashed:
                 # A capped function's instance ended: one of its pending instances may be
                 # claimable now (here and elsewhere), though the last claim found none.
@@ -369,7 +393,7 @@ class Worker:
                     except faults.WorkerCrash:
                         self.crash()
                         break
-                for t in tasks:
+                for t in self._isolate_suspects(tasks):
                     self._start(t)
                 if tasks:
                     interval = self.poll_interval
@@ -385,6 +409,34 @@ class Worker:
             woke = await sleep_or_event(ex, timeout, self._wake, poll=is_poll)
             if not woke:
                 interval = min(self.poll_interval_max, interval * self.poll_backoff)
+
+    def _isolate_suspects(self, tasks: list[TaskRecord]) -> list[TaskRecord]:
+        """The claimed tasks to start now. A task taken over after its worker died may be
+        what killed it: it runs alone (``max_crash_recoveries`` then counts its own deaths,
+        not its neighbours'). Suspects claimed beside other work wait, leased, until this
+        worker is idle; meanwhile it claims nothing."""
+        if not any(t.crash_count > 0 and t.kind == TaskKind.FUNCTION for t in tasks):
+            return tasks
+        start: list[TaskRecord] = []
+        for t in tasks:
+            if t.crash_count > 0 and t.kind == TaskKind.FUNCTION:
+                self._deferred.append(t)
+            else:
+                start.append(t)
+        if not start and self.active == 0 and self._suspect is None:
+            first = self._deferred.pop(0)
+            self._suspect = first.id
+            return [first]
+        return start
+
+    def _start_deferred_suspect(self) -> None:
+        """Start the next deferred suspect once nothing else holds a slot here."""
+        if self._suspect is not None or not self._deferred or self.active > 0 \
+                or self._stopping or self._crashed:
+            return
+        t = self._deferred.pop(0)
+        self._suspect = t.id
+        self._start(t)
 
     # -- heartbeats and suspension ------------------------------------------------------------------
     async def _housekeeping(self) -> None:
@@ -407,12 +459,46 @@ class Worker:
                 last_beat = mono
                 await self._heartbeat()
                 await self._report_gauges()
+            self._warn_slow_steps(mono)
             for rt in list(self.running.values()):
                 if rt.waiting_since is not None and mono - rt.waiting_since >= self.suspend_after:
                     log.info("suspending task %s after waiting %.0fs", rt.record.id,
                              mono - rt.waiting_since,
                              extra=log_extra(rt.record, self.worker_id))
                     rt.stop("suspend")
+
+    def _warn_slow_steps(self, mono: float) -> None:
+        """WARNING for each step running its own code longer than ``slow_step_warning``,
+        again at every further interval."""
+        for rt in self.running.values():
+            if rt.started_mono is None or not rt.holds_slot:
+                continue
+            ran = mono - rt.started_mono
+            if ran >= self.slow_step_s * (rt.slow_warnings + 1):
+                rt.slow_warnings = int(ran // self.slow_step_s)
+                log.warning("step %s (task %s) has been running for %.0fs "
+                            "(slow_step_warning=%.0fs)", rt.record.step_name, rt.record.id,
+                            ran, self.slow_step_s, extra=log_extra(rt.record, self.worker_id))
+
+    async def _watch_event_loop(self) -> None:
+        """Log when the event loop was blocked past a third of the lease (a step running
+        blocking code): heartbeats cannot run meanwhile, so leases may lapse. Real time: the
+        loop's own clock."""
+        limit = self.lease.total_seconds() / 3
+        interval = max(0.05, min(1.0, limit / 4))
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            lag, last = now - last - interval, now
+            if lag > limit:
+                names = sorted({rt.record.step_name for rt in self.running.values()
+                                if rt.holds_slot})
+                log.warning("the event loop was blocked for %.1fs, over a third of the %.0fs "
+                            "lease (leases were not renewed meanwhile); steps running then: %s",
+                            lag, limit * 3, ", ".join(names) or "none",
+                            extra={"worker_id": self.worker_id})
 
     async def _expire_executions(self) -> None:
         """Time out executions past their ``max_duration`` (at most once a second)."""
@@ -529,6 +615,7 @@ class Worker:
         ex = self.executor
         # inline steps not yet written ride on their callers' leases
         held = [(tid, rt.record.fence) for tid, rt in self.running.items() if rt.materialized]
+        held += [(t.id, t.fence) for t in self._deferred]
         if not held:
             return
         try:
@@ -560,9 +647,19 @@ class Worker:
                 rt.record.lease_expires_at = until
                 hint_due(ex.clock, until + _TICK)
             else:
-                log.warning("task %s lost its lease (fence %d); cancelling it here", tid,
-                            rt.record.fence, extra=log_extra(rt.record, self.worker_id))
+                log.log(logging.INFO if rt.lease_loss_logged else logging.WARNING,
+                        "task %s lost its lease (fence %d); cancelling it here", tid,
+                        rt.record.fence, extra=log_extra(rt.record, self.worker_id))
+                rt.lease_loss_logged = True
                 self._stop_with_inline_steps(rt, "lease_lost")
+        for t in list(self._deferred):
+            if held_fences.get(t.id) != t.fence:
+                continue
+            if t.id in lost:  # taken by someone else (or cancelled): not ours to start
+                self._deferred.remove(t)
+            else:
+                t.lease_expires_at = until
+        self._start_deferred_suspect()
 
     # -- outages ----------------------------------------------------------------------------------
     def storage_trouble(self, exc: BaseException) -> None:
@@ -605,7 +702,18 @@ class Worker:
                     extra={"worker_id": self.worker_id})
 
     # -- drain and stop -----------------------------------------------------------------------------
+    async def _release_deferred(self) -> None:
+        """Give deferred suspects back (pending, same attempt) for another worker."""
+        deferred, self._deferred = self._deferred, []
+        for t in deferred:
+            try:
+                await self.executor.backend.release_task(t.id, t.fence, self.executor.clock.now())
+            except Exception as exc:  # its lease lapses instead
+                log.warning("could not release task %s: %s", t.id, exc,
+                            extra=log_extra(t, self.worker_id))
+
     async def _drain(self) -> None:
+        await self._release_deferred()
         lc = self.lifecycle
         lc.state = "draining"
         log.info("worker %s draining: %d tasks held", self.worker_id, len(self.running),
