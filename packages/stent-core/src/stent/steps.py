@@ -117,6 +117,12 @@ def _check_replay(ctx: TaskContext, seq: int, rec: StepRecord, name: str, digest
     raise err
 
 
+def _as_step(task: TaskRecord) -> StepRecord:
+    """A step row found at its key (inserted by an earlier run), for the replay check."""
+    return StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
+                      task.state, task.result, task.error)
+
+
 def _new_step(
     ctx: TaskContext, seq: int, name: str, kind: str, payload: bytes, digest: str,
     now: datetime, *, due_at: datetime | None = None, fn: DurableFunction[..., Any] | None = None,
@@ -204,8 +210,7 @@ async def _run_step(
             if faults.plan is not None:
                 faults.plan_hit_sync("after_step_started", step=fn.name, task_id=task.id)
         if not created:
-            rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
-                             task.state, task.result, task.error)
+            rec = _as_step(task)
             _check_replay(ctx, seq, rec, fn.name, digest)
         outcome = await _finished_or_wait(ctx, task)
     return outcome_value(executor, outcome)
@@ -252,8 +257,7 @@ async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
     )
     task, created = await _insert_or_stop(ctx, write)
     if not created:
-        rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
-                         task.state, task.result, task.error)
+        rec = _as_step(task)
         _check_replay(ctx, seq, rec, name, digest)
         return outcome_value(executor, rec)
     return value
@@ -286,8 +290,7 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
         write.add_done_callback(ctx.inflight.discard)
         task, created = await _insert_or_stop(ctx, write)
         if not created:
-            rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
-                             task.state, task.result, task.error)
+            rec = _as_step(task)
             _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
         ctx.worker.timer_scheduled(task.due_at)
         outcome_value(executor, await _finished_or_wait(ctx, task))
@@ -328,8 +331,7 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
             write.add_done_callback(ctx.inflight.discard)
             task, created = await _insert_or_stop(ctx, write)
             if not created:
-                rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
-                                 task.state, task.result, task.error)
+                rec = _as_step(task)
                 _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
             if task.state in ("completed", "failed", "cancelled"):
                 outcome = TaskOutcome(task.id, task.state, task.result, task.error)
@@ -371,8 +373,7 @@ async def record_effect(ctx: TaskContext, effect: ExecutionEffect) -> None:
         executor.backend.record_effect(ctx.task.id, ctx.task.fence, new, effect, now))
     task, created = await _insert_or_stop(ctx, write)
     if not created:
-        rec = StepRecord(task.id, task.seq, task.step_name, task.kind, task.arg_digest,
-                         task.state, task.result, task.error)
+        rec = _as_step(task)
         _check_replay(ctx, seq, rec, name, digest)
 
 
@@ -456,8 +457,7 @@ async def _map_batch(
             for i, new, (task, created) in zip(new_index, news, inserted, strict=True):
                 seq, _, digest = batch[i]
                 if not created:
-                    rec = StepRecord(task.id, task.seq, task.step_name, task.kind,
-                                     task.arg_digest, task.state, task.result, task.error)
+                    rec = _as_step(task)
                     _check_replay(ctx, seq, rec, fn.name, digest)
                 if task.state in ("completed", "failed", "cancelled"):
                     results[i] = TaskOutcome(task.id, task.state, task.result, task.error)
