@@ -49,6 +49,10 @@ class Fleet:
     poll: float = 0.1
     poll_max: float = 0.5
     max_crash_recoveries: int = 10
+    #: the worker's module (``python -m <module> TARGET --ledger ...``) and extra arguments
+    #: after the common ones (e.g. ``tests.chaos.infra_app`` with ``--redis URL``)
+    module: str = "tests.chaos.app"
+    extra_args: tuple[str, ...] = ()
     workers: list[WorkerProcess] = field(default_factory=list)
     #: pid -> wall time of its death (when it was killed, or first seen dead)
     deaths: dict[int, float] = field(default_factory=dict)
@@ -66,13 +70,14 @@ class Fleet:
         return self.workdir / "ledger"
 
     def start(self) -> WorkerProcess:
-        args = [sys.executable, "-m", "tests.chaos.app", self.target,
+        args = [sys.executable, "-m", self.module, self.target,
                 "--ledger", str(self.ledger_dir), "--concurrency", str(self.concurrency),
                 "--lease", str(self.lease), "--poll", str(self.poll),
                 "--poll-max", str(self.poll_max),
                 "--max-crash-recoveries", str(self.max_crash_recoveries)]
         if self.schema:
             args += ["--schema", self.schema]
+        args += self.extra_args
         env = {**os.environ,
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.started += 1
