@@ -460,10 +460,30 @@ class TaskRunner:
             now = ex.clock.now()
             lease_until = now + self.worker.lease
             parent_id, parent_fence = rt.inline_parent
-            task, created = await ex.backend.create_step(
-                parent_id, parent_fence, rt.inline, now,
-                Lease(self.worker.worker_id, lease_until))
-            if not created:
+            delay = 0.05
+            while True:
+                try:
+                    task, created = await ex.backend.create_step(
+                        parent_id, parent_fence, rt.inline, now,
+                        Lease(self.worker.worker_id, lease_until))
+                    break
+                except LeaseLostError:
+                    raise
+                except Exception as exc:
+                    # storage trouble: retry while the caller's lease covers this step (the
+                    # insert is idempotent on its step key)
+                    until = rt.record.lease_expires_at
+                    if until is None or ex.clock.now() >= until:
+                        raise LeaseLostError(
+                            f"could not write step {rt.inline.id} before its caller's lease "
+                            f"ran out: {type(exc).__name__}") from None
+                    self.worker.storage_trouble(exc)
+                    await ex.clock.sleep(delay)
+                    delay = min(5.0, delay * 2)
+            # not created: the key is taken, by this very write if an earlier try committed
+            # without our hearing of it (same id, leased to us), else by another run
+            if not created and not (task.id == rt.inline.id
+                                    and task.worker_id == self.worker.worker_id):
                 raise LeaseLostError(f"step {rt.inline.id} was written by another run")
             rt.record = task
             if rt.ctx is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 STEP_ERROR_ATTR = "__stent_step_task_id__"
 
 _W = TypeVar("_W")
+
+log = logging.getLogger("stent.steps")
 
 SLEEP_STEP = "stent.sleep"
 NOW_STEP = "stent.now"
@@ -198,12 +201,8 @@ async def _run_step(
         # Otherwise insert it pending for a claim loop (this one, or another process's).
         # The insert is shielded: if this task is cancelled meanwhile (suspension, drain)
         # it may still commit, and a suspension waits for it (ctx.inflight).
-        write = asyncio.ensure_future(
-            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
-        )
-        ctx.inflight.add(write)
-        write.add_done_callback(ctx.inflight.discard)
-        task, created = await _insert_or_stop(ctx, write)
+        task, created = await _insert_or_stop(
+            ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
         if created:
             ctx.worker.wake()
             executor.publish("work", task.id)
@@ -216,16 +215,43 @@ async def _run_step(
     return outcome_value(executor, outcome)
 
 
-async def _insert_or_stop(ctx: TaskContext, write: asyncio.Future[_W]) -> _W:
-    """Await a step insert; if storage refuses it because this task lost its lease or its
-    execution is being cancelled, stop this task the way a cancellation would."""
-    try:
-        return await asyncio.shield(write)
-    except LeaseLostError:
-        rt = ctx.worker.running.get(ctx.task.id)
-        if rt is not None and rt.ctx is ctx and rt.stop_reason is None:
-            rt.stop_reason = "lease_lost"
-        raise asyncio.CancelledError() from None
+async def _insert_or_stop(ctx: TaskContext, make: Callable[[], Awaitable[_W]]) -> _W:
+    """Write a step (or recorded value) under this task, retrying storage errors with backoff
+    for as long as this task's lease lasts: the insert is idempotent on its step key, and a
+    failure must not reach user code (it would fail the attempt, and the retry would run
+    the steps already done again). If storage refuses it because this task lost its lease
+    or its execution is stopping, or the lease runs out first, stop this task the way a
+    cancellation would. Each attempt is shielded and tracked in ``ctx.inflight``: if this
+    task is cancelled meanwhile (suspension, drain) it may still commit, and a suspension
+    waits for it."""
+    delay = 0.05
+    while True:
+        write = asyncio.ensure_future(make())
+        ctx.inflight.add(write)
+        write.add_done_callback(ctx.inflight.discard)
+        try:
+            return await asyncio.shield(write)
+        except LeaseLostError:
+            _stop_for_lease(ctx)
+            raise asyncio.CancelledError() from None
+        except Exception as exc:
+            until = ctx.task.lease_expires_at
+            if until is None or ctx.executor.clock.now() >= until:
+                log.warning("giving up writing a step of task %s after its lease ran out: %s",
+                            ctx.task.id, exc, extra={"execution_id": ctx.task.execution_id,
+                                                     "task_id": ctx.task.id,
+                                                     "worker_id": ctx.worker.worker_id})
+                _stop_for_lease(ctx)
+                raise asyncio.CancelledError() from None
+            ctx.worker.storage_trouble(exc)
+            await ctx.executor.clock.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
+def _stop_for_lease(ctx: TaskContext) -> None:
+    rt = ctx.worker.running.get(ctx.task.id)
+    if rt is not None and rt.ctx is ctx and rt.stop_reason is None:
+        rt.stop_reason = "lease_lost"
 
 
 async def _finished_or_wait(ctx: TaskContext, task: TaskRecord) -> TaskOutcome:
@@ -252,10 +278,8 @@ async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
     now = executor.clock.now()
     new = _new_step(ctx, seq, name, TaskKind.VALUE, b"", digest, now,
                     state="completed", result=result)
-    write = asyncio.ensure_future(
-        executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
-    )
-    task, created = await _insert_or_stop(ctx, write)
+    task, created = await _insert_or_stop(
+        ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
     if not created:
         rec = _as_step(task)
         _check_replay(ctx, seq, rec, name, digest)
@@ -283,12 +307,8 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     new = _new_step(ctx, seq, SLEEP_STEP, TaskKind.SLEEP, payload, digest, now,
                     due_at=now + delay)
     with ctx.waiting_on(new.id):
-        write = asyncio.ensure_future(
-            executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now)
-        )
-        ctx.inflight.add(write)
-        write.add_done_callback(ctx.inflight.discard)
-        task, created = await _insert_or_stop(ctx, write)
+        task, created = await _insert_or_stop(
+            ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
         if not created:
             rec = _as_step(task)
             _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
@@ -325,11 +345,9 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
         watched = new.id
         fut = executor.hub.watch(watched)
         try:
-            write = asyncio.ensure_future(executor.backend.create_signal_wait(
-                ctx.task.id, ctx.task.fence, new, name, now))
-            ctx.inflight.add(write)
-            write.add_done_callback(ctx.inflight.discard)
-            task, created = await _insert_or_stop(ctx, write)
+            task, created = await _insert_or_stop(
+                ctx, lambda: executor.backend.create_signal_wait(
+                    ctx.task.id, ctx.task.fence, new, name, now))
             if not created:
                 rec = _as_step(task)
                 _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
@@ -369,9 +387,9 @@ async def record_effect(ctx: TaskContext, effect: ExecutionEffect) -> None:
     result = dumps_with_path(executor.serializer, None, name)
     new = _new_step(ctx, seq, name, TaskKind.VALUE, payload, digest, now,
                     state="completed", result=result)
-    write = asyncio.ensure_future(
-        executor.backend.record_effect(ctx.task.id, ctx.task.fence, new, effect, now))
-    task, created = await _insert_or_stop(ctx, write)
+    task, created = await _insert_or_stop(
+        ctx, lambda: executor.backend.record_effect(
+            ctx.task.id, ctx.task.fence, new, effect, now))
     if not created:
         rec = _as_step(task)
         _check_replay(ctx, seq, rec, name, digest)
@@ -448,11 +466,9 @@ async def _map_batch(
                 futs[task_id] = hub.watch(task_id)
                 stack.callback(hub.unwatch, task_id, futs[task_id])
         if news:
-            write = asyncio.ensure_future(
-                executor.backend.create_steps(ctx.task.id, ctx.task.fence, news, now))
-            ctx.inflight.add(write)
-            write.add_done_callback(ctx.inflight.discard)
-            inserted = await _insert_or_stop(ctx, write)
+            inserted = await _insert_or_stop(
+                ctx, lambda: executor.backend.create_steps(
+                    ctx.task.id, ctx.task.fence, news, now))
             any_created = False
             for i, new, (task, created) in zip(new_index, news, inserted, strict=True):
                 seq, _, digest = batch[i]

@@ -275,8 +275,8 @@ class Worker:
         if self._suspect == rt.record.id:
             # a suspect awaiting its steps runs no code of its own: others may run now
             self._suspect = None
-            self._start_deferred_suspect()
             self.wake()
+        self._start_deferred_suspect()  # this worker may have just become idle
         if self.lifecycle.draining:
             rt.stop("suspend")
         self._slot_freed()
