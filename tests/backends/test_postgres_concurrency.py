@@ -215,11 +215,16 @@ async def test_every_transition_keeps_the_counter_exact(backend: PostgresBackend
     record.state, record.worker_id, record.lease_expires_at = "running", "ops", at(90)
     await backend.update_task(record)
     assert await assert_counters_exact(backend) == {CAPPED: 2}
-    # Finish the root with children still running: cleanup deletes every row, slots too.
+    # Finish the root with children still running: they are cancelled, their slots given back.
     resumed = await backend.claim("w", EVERYTHING, 10, at(4), at(60))
     root = next(t for t in resumed if t.id == parent.id)
     await backend.complete_task(root.id, root.fence, b"done", at(5))
-    assert await assert_counters_exact(backend) == {CAPPED: 2}
+    assert await assert_counters_exact(backend) == {CAPPED: 0}
+    # An operator makes one run again in the finished execution: cleanup deletes every row,
+    # slots too.
+    record.state, record.worker_id, record.lease_expires_at = "running", "ops", at(90)
+    await backend.update_task(record)
+    assert await assert_counters_exact(backend) == {CAPPED: 1}
     assert await backend.cleanup_executions(at(10)) == 1
     assert await assert_counters_exact(backend) == {CAPPED: 0}
 

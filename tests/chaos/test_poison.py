@@ -125,10 +125,6 @@ async def test_a_poison_task_does_not_dead_letter_the_workflows_beside_it(
     assert report["ok"], report
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: an execution that fails keeps its other unfinished tasks as they are (here the "
-    "durable sleep its workflow started beside the poison step stays pending): nothing claims "
-    "a task of a finished execution, and nothing cancels it"))
 @pytest.mark.timeout(120)
 async def test_a_failed_workflow_leaves_no_task_unfinished(
     stent_backend: Any, tmp_path: Path, chaos_seed: int

@@ -77,6 +77,15 @@ async def order_with_compensation(x: int) -> str:
     return "charged"
 
 
+@Stent.durable
+async def order_beside_a_nap(x: int) -> int:
+    runs["order"] += 1
+    a = await reserve(x)
+    # the nap is still pending when charge is dead-lettered and the workflow fails
+    charged, _ = await asyncio.gather(charge(a), Stent.sleep(60))
+    return charged
+
+
 @Stent.durable(retry_policy=FLAKY_POLICY)
 async def refused() -> None:
     runs["refused"] += 1
@@ -155,6 +164,26 @@ async def test_replaying_a_dead_letter_resumes_the_workflow_without_rerunning_do
     assert runs["charge"] == 3
     assert await stent_worker.list_dead_letters() == []
     assert not await stent_worker.replay_dead_letter(letter.task_id)
+
+
+async def test_a_failed_workflow_cancels_its_unfinished_steps_and_a_replay_resumes_them(
+    stent_worker: Stent, stent_backend: Backend,
+) -> None:
+    eid = await stent_worker.dispatch(order_beside_a_nap, 5)
+    assert not (await asyncio.wait_for(stent_worker.wait_for(eid), 10)).ok
+    tasks = await stent_backend.list_tasks_for_execution(eid)
+    nap = next(t for t in tasks if t.kind == "sleep")
+    assert nap.state == "cancelled", "a failed execution left its sleep unfinished"
+    assert not [t for t in tasks if t.state in ("pending", "waiting", "running")]
+    [letter] = await stent_worker.list_dead_letters()
+    mode["fail"] = False
+    assert await stent_worker.replay_dead_letter(letter.task_id)
+    # the replayed workflow awaits the nap it started, put back as it was
+    result = await asyncio.wait_for(stent_worker.wait_for(eid), 10)
+    assert result == Result.Ok(12)
+    assert runs["reserve"] == 1
+    final = await stent_backend.get_task(nap.id)
+    assert final is not None and final.state == "completed"
 
 
 async def test_discarding_a_dead_letter_removes_only_the_entry(stent_worker: Stent) -> None:

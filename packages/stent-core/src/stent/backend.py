@@ -48,9 +48,13 @@ class Backend(Protocol):
         lease_until: datetime,
     ) -> list[TaskRecord]:
         """Lease up to ``limit`` due, eligible tasks (pending ones, and running ones whose lease
-        expired, which counts a crash recovery), by priority then due time. Every claim bumps
-        the task's fence. A root task's execution becomes ``running``. Built-in timers
-        (``sleep`` and ``signal`` kinds) ignore queues and tags."""
+        expired), by priority then due time. Every claim bumps the task's fence. Taking over
+        a running task is a crash recovery, charged to it (``crash_count`` + 1) unless it has
+        an unfinished step at its current attempt (a child with ``parent_attempt`` equal to
+        its ``attempt`` that is not completed, failed or cancelled): then it was only
+        awaiting that step when its worker died, and its count stays. A root task's
+        execution becomes ``running``. Built-in timers (``sleep`` and ``signal`` kinds)
+        ignore queues and tags."""
 
     async def create_step(
         self, parent_id: str, parent_fence: int, new: NewTask, now: datetime,
@@ -129,14 +133,23 @@ class Backend(Protocol):
     ) -> bool:
         """Record a result. False (and no change) if the fence is stale or the task is not
         running. Wakes a suspended parent; completes the execution for a root task; stores
-        the result in the cache entry this task owns, if any (see ``cache_claim``)."""
+        the result in the cache entry this task owns, if any (see ``cache_claim``).
+
+        A finished execution leaves no task unfinished: when a root task completes or fails
+        its live execution, every other pending, waiting or running task of the execution
+        is ``cancelled`` in the same transaction (``finished_at`` = ``now``, lease dropped,
+        ``max_concurrent`` slots given back), as ``expire_executions`` cancels them. A
+        worker still running one is fenced out: its later writes change nothing (see
+        ``cancel_execution`` for how each call treats a task of a finished execution). The
+        state each was in is kept for ``replay_dead_letter``."""
 
     async def fail_task(
         self, task_id: str, fence: int, error: bytes, now: datetime,
         dead_letter_reason: str | None,
     ) -> bool:
         """Record a final failure, with a dead-letter entry when a reason is given. Fenced like
-        ``complete_task``. Wakes a suspended parent; fails the execution for a root task."""
+        ``complete_task``. Wakes a suspended parent; fails the execution for a root task,
+        cancelling its other unfinished tasks as ``complete_task`` does."""
 
     async def retry_task(
         self, task_id: str, fence: int, error: bytes, due_at: datetime, now: datetime
@@ -164,8 +177,8 @@ class Backend(Protocol):
         runs it is ``cancelled``. A finished one is left alone. Returns its state afterwards,
         or None if there is no such execution.
 
-        From then on, for a task of a cancelling, cancelled or timed-out execution: no claim
-        takes it, ``create_step`` under it raises ``LeaseLostError``, ``renew_leases`` cancels
+        From then on, for a task of an execution that is not live (cancelling, cancelled,
+        timed out, or completed or failed): no claim takes it, ``create_step`` under it raises ``LeaseLostError``, ``renew_leases`` cancels
         it and reports it lost, ``retry_task``/``release_task``/``suspend_task`` cancel it,
         and ``complete_task``/``fail_task`` record it without completing or failing the
         execution."""
@@ -231,7 +244,11 @@ class Backend(Protocol):
         set_queue: bool = False,
     ) -> bool:
         """Run a dead-lettered task again with a fresh attempt, and resume the failed tasks
-        above it by replay (their execution goes back to running). False if no such entry."""
+        above it by replay (their execution goes back to running). When the execution is
+        revived, the tasks its failure cancelled (see ``complete_task``) are put back as they
+        were: ``waiting`` if they were waiting, else ``pending`` (a running one's worker was
+        fenced out), fence bumped; signal waits among them are served again by
+        ``send_signal``. False if no such entry."""
 
     async def discard_dead_letter(self, task_id: str) -> bool:
         """Delete a dead letter; False if there was none."""

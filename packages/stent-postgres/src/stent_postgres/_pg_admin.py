@@ -151,6 +151,9 @@ async def replay_dead_letter(
             if above is None:
                 return True
             parent_id = above["parent_id"]
-        await tx.fetchval("revive_execution", execution_id,
-                          progress("running", now, replayed_task=task_id))
+        revived = await tx.fetchval("revive_execution", execution_id,
+                                    progress("running", now, replayed_task=task_id))
+        if revived is not None:
+            # what its failure cancelled is put back as it was
+            await tx.fetchval("revive_stopped_tasks", execution_id)
     return True

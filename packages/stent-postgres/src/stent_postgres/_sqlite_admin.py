@@ -159,8 +159,10 @@ def replay_dead_letter(
         if above is None:
             return True
         parent_id = above["parent_id"]
-    db.execute(Q["revive_execution"], {
+    revived = db.execute(Q["revive_execution"], {
         "execution_id": execution_id,
         "entry": progress_entry("running", now, replayed_task=task_id),
-    })
+    }).rowcount
+    if revived:
+        db.execute(Q["revive_stopped_tasks"], {"execution_id": execution_id})
     return True

@@ -408,10 +408,13 @@ def _finish_execution(
     db: sqlite3.Connection, execution_id: str, state: str, now: datetime,
     result: bytes | None, error: bytes | None,
 ) -> None:
-    db.execute(Q["finish_execution"], {
+    """Complete or fail a live execution and cancel what is left of it (same transaction)."""
+    finished = db.execute(Q["finish_execution"], {
         "execution_id": execution_id, "state": state, "result": result, "error": error,
         "now": epoch(now), "entry": progress_entry(state, now),
-    })
+    }).rowcount
+    if finished:
+        db.execute(Q["stop_unfinished_tasks"], {"id": execution_id, "now": epoch(now)})
 
 
 def complete_task(

@@ -77,6 +77,9 @@ class InMemoryBackend:
         #: task id -> cache keys it owns without a stored result yet
         self._cache_owned: dict[str, set[str]] = {}
         self._maintenance: dict[str, tuple[str, datetime]] = {}
+        #: task id -> the state it was in when its execution's finish cancelled it (a
+        #: dead-letter replay that revives the execution puts it back)
+        self._cancelled_from: dict[str, str] = {}
         self.closed = False
 
     async def init_db(self) -> None:
@@ -132,6 +135,24 @@ class InMemoryBackend:
         ex.error = error
         ex.finished_at = now
         _progress(ex, state, now)
+        self._stop_unfinished(t, now)
+
+    def _stop_unfinished(self, root: TaskRecord, now: datetime) -> None:
+        """A finished execution leaves no task unfinished: every pending, waiting or running
+        task under ``root`` is cancelled (a running one's worker is fenced out: its later
+        writes find it cancelled), remembering the state it was in."""
+        stack = list(self._children.get(root.id, ()))
+        while stack:
+            c = self._tasks.get(stack.pop())
+            if c is None:
+                continue
+            stack.extend(self._children.get(c.id, ()))
+            if c.state in ("pending", "waiting", "running"):
+                self._cancelled_from[c.id] = c.state
+                c.state = "cancelled"
+                c.finished_at = now
+                c.worker_id = None
+                c.lease_expires_at = None
 
     # -- cancellation and deadlines -----------------------------------------------------------
     def _tasks_of(self, execution_id: str) -> list[TaskRecord]:
@@ -263,7 +284,7 @@ class InMemoryBackend:
                 if running[t.step_name] >= t.max_concurrent:
                     continue
                 running[t.step_name] += 1
-            if t.state == "running":
+            if t.state == "running" and not self._awaits_a_step(t):
                 t.crash_count += 1
             t.state = "running"
             t.fence += 1
@@ -279,6 +300,16 @@ class InMemoryBackend:
                     _progress(ex, "running", now)
             out.append(t.copy())
         return out
+
+    def _awaits_a_step(self, t: TaskRecord) -> bool:
+        """Whether ``t`` has an unfinished step at its current attempt: then it was only
+        awaiting it when its worker died, and its recovery is not charged to it."""
+        for cid in self._children.get(t.id, ()):
+            c = self._tasks.get(cid)
+            if (c is not None and c.parent_attempt == t.attempt
+                    and c.state not in TERMINAL_TASK_STATES):
+                return True
+        return False
 
     def _held_parent(self, parent_id: str, parent_fence: int) -> TaskRecord:
         parent = self._held(parent_id, parent_fence)
@@ -369,10 +400,13 @@ class InMemoryBackend:
         if execution_id not in self._executions:
             return None
         waiters = self._waiters.get(execution_id, {}).get(name, [])
-        # finished waiters never wait again: drop them; claimed ones may be released, so stay
+        # finished waiters never wait again: drop them; claimed ones may be released, and
+        # those cancelled by their execution's finish may be revived by a replay, so stay
         waiters[:] = [
             w for w in waiters
-            if (t := self._tasks.get(w)) is not None and t.state not in TERMINAL_TASK_STATES
+            if (t := self._tasks.get(w)) is not None
+            and (t.state not in TERMINAL_TASK_STATES
+                 or (t.state == "cancelled" and w in self._cancelled_from))
         ]
         for waiter_id in waiters:
             t = self._tasks[waiter_id]
@@ -690,6 +724,7 @@ class InMemoryBackend:
         for tid in [t.id for t in self._tasks.values() if t.execution_id in gone]:
             t = self._tasks.pop(tid)
             self._created_order.pop(tid, None)
+            self._cancelled_from.pop(tid, None)
             self._children.pop(tid, None)
             if t.parent_id is not None:
                 self._by_key.pop((t.parent_id, t.parent_attempt, t.seq), None)
@@ -765,6 +800,13 @@ class InMemoryBackend:
                 ex.error = None
                 ex.finished_at = None
                 _progress(ex, "running", now, replayed_task=task_id)
+                # what the failure cancelled is put back as it was (running: pending again)
+                for other in self._tasks_of(ex.id):
+                    before = self._cancelled_from.pop(other.id, None)
+                    if before is not None and other.state == "cancelled":
+                        other.state = "waiting" if before == "waiting" else "pending"
+                        other.finished_at = None
+                        other.fence += 1
         return True
 
     async def discard_dead_letter(self, task_id: str) -> bool:

@@ -19,7 +19,8 @@
 --   execution rows, then stent_concurrency rows last. Claims never wait for a task row (SKIP
 --   LOCKED); they wait only for counter rows (taken first, in name order) and for the rows
 --   of executions they start. So no two transactions can wait for each other. (A dead-letter
---   replay locks the execution row first, then only failed task rows, which no worker holds.)
+--   replay locks the execution row first, then only failed task rows and the rows its
+--   failure cancelled, which no worker holds.)
 -- * Cancellation and deadlines (schema/postgres/0002_cancellation.sql): a worker call reads
 --   its execution's state only after locking its task (a later statement, or the VOLATILE
 --   stent_live_execution); a cancellation or time-out locks every pending and running task
@@ -227,8 +228,16 @@ picked AS (
     LIMIT $6
 ),
 leased AS (
+    -- Taking over a running task is a crash recovery, charged to the task unless it has an
+    -- unfinished step at its current attempt: then it was only awaiting that step when its
+    -- worker died (the step key constraint's index finds its steps).
     UPDATE stent_tasks AS t
-    SET crash_count = t.crash_count + CASE WHEN t.state = 'running' THEN 1 ELSE 0 END,
+    SET crash_count = t.crash_count + CASE
+            WHEN t.state = 'running' AND NOT EXISTS (
+                SELECT 1 FROM stent_tasks AS step
+                WHERE step.parent_id = t.id AND step.parent_attempt = t.attempt
+                  AND step.state NOT IN ('completed', 'failed', 'cancelled'))
+            THEN 1 ELSE 0 END,
         state = 'running',
         fence = t.fence + 1,
         worker_id = $1,
@@ -689,14 +698,25 @@ WHERE id = $1 AND state = 'failed'
 RETURNING parent_id;
 
 -- revive_execution --
--- $1 execution_id, $2 progress ([running entry]).
+-- $1 execution_id, $2 progress ([running entry]). Returns its id when it was failed.
 UPDATE stent_executions
 SET state = 'running',
     error = NULL,
     finished_at = NULL,
     progress = CASE WHEN jsonb_array_length(progress) >= 100 THEN progress - 0
                     ELSE progress END || $2::jsonb
-WHERE id = $1 AND state = 'failed';
+WHERE id = $1 AND state = 'failed'
+RETURNING id;
+
+-- revive_stopped_tasks --
+-- The tasks that the failure of a revived execution cancelled (stent_finish_task) are put
+-- back as they were: waiting, or pending (a running one's worker was fenced out). No worker
+-- holds or waits for a cancelled row; the execution row is locked already (replay order).
+-- $1 execution_id.
+UPDATE stent_tasks
+SET state = CASE WHEN cancelled_from = 'waiting' THEN 'waiting' ELSE 'pending' END,
+    cancelled_from = NULL, finished_at = NULL, fence = fence + 1
+WHERE execution_id = $1 AND state = 'cancelled' AND cancelled_from IS NOT NULL;
 
 -- database_time --
 -- The server's clock, for the engine's clock-offset correction (never for a decision).

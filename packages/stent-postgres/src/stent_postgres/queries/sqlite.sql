@@ -102,8 +102,14 @@ SELECT count(*) FROM stent_tasks
 WHERE state = 'running' AND lease_expires_at >= :now AND step_name = :step_name;
 
 -- claim_lease --
+-- Taking over a running task whose lease expired is a crash recovery, charged to the task
+-- (crash_count + 1) unless it has an unfinished step at its current attempt: then it was
+-- only awaiting that step when its worker died (the step key index finds its steps).
 UPDATE stent_tasks
-SET crash_count = crash_count + (state = 'running'),
+SET crash_count = crash_count + (state = 'running' AND NOT EXISTS (
+        SELECT 1 FROM stent_tasks AS step
+        WHERE step.parent_id = stent_tasks.id AND step.parent_attempt = stent_tasks.attempt
+          AND step.state NOT IN ('completed', 'failed', 'cancelled'))),
     state = 'running',
     fence = fence + 1,
     worker_id = :worker_id,
@@ -159,6 +165,15 @@ SET state = :state,
         '$[#]', json(:entry))
 WHERE id = :execution_id
   AND state IN ('pending', 'running');
+
+-- stop_unfinished_tasks --
+-- The execution :id has just finished (completed or failed): its other pending, waiting and
+-- running tasks are cancelled, each remembering the state it was in (SET reads the old row),
+-- and a running one's worker is fenced out (its later writes match no row).
+UPDATE stent_tasks
+SET cancelled_from = state, state = 'cancelled', finished_at = :now, worker_id = NULL,
+    lease_expires_at = NULL
+WHERE execution_id = :id AND state IN ('pending', 'waiting', 'running');
 
 -- upsert_dead_letter --
 -- A task dead-lettered again keeps its place (ordinal) in the list, as a dict key would.
@@ -345,6 +360,14 @@ SET state = 'running',
         '$[#]', json(:entry))
 WHERE id = :execution_id AND state = 'failed';
 
+-- revive_stopped_tasks --
+-- The tasks the failure of a revived execution cancelled are put back as they were
+-- (waiting, or pending; a running one's worker was fenced out, so it is pending again).
+UPDATE stent_tasks
+SET state = CASE WHEN cancelled_from = 'waiting' THEN 'waiting' ELSE 'pending' END,
+    cancelled_from = NULL, finished_at = NULL, fence = fence + 1
+WHERE execution_id = :execution_id AND state = 'cancelled' AND cancelled_from IS NOT NULL;
+
 -- task_execution_state --
 -- The state of the execution of a task held at :fence (no row: not held).
 SELECT t.execution_id, t.worker_id, e.state AS execution_state
@@ -483,12 +506,14 @@ ORDER BY w.ordinal
 LIMIT 1;
 
 -- drop_finished_signal_waiters --
--- Waiters whose task finished (timed out, cancelled) never wait again.
+-- Waiters whose task finished (timed out, cancelled) never wait again; those cancelled by
+-- their execution's finish stay, as a dead-letter replay may revive them.
 DELETE FROM stent_signal_waiters
 WHERE execution_id = :execution_id AND name = :name
   AND EXISTS (SELECT 1 FROM stent_tasks AS t
               WHERE t.id = stent_signal_waiters.task_id
-                AND t.state IN ('completed', 'failed', 'cancelled'));
+                AND (t.state IN ('completed', 'failed')
+                     OR (t.state = 'cancelled' AND t.cancelled_from IS NULL)));
 
 -- delete_signal_waiter --
 DELETE FROM stent_signal_waiters WHERE ordinal = :ordinal;

@@ -34,7 +34,8 @@ so fixing one fails the run until its entry is removed.
 
 The tests are grouped by concern, one module each: dispatch (:mod:`.executions`), claims and
 leases (:mod:`.claims`), fencing (:mod:`.fencing`), steps and replay keys (:mod:`.steps`),
-completion, failure, retry and suspension (:mod:`.outcomes`), dead letters
+completion, failure, retry and suspension (:mod:`.outcomes`), what a finished execution's
+unfinished tasks become (:mod:`.finishing`), dead letters
 (:mod:`.deadletters`), inspection, operator calls and detached records (:mod:`.inspection`),
 retention (:mod:`.cleanup`), times (:mod:`.times`), races (:mod:`.concurrency`), batches of
 steps (:mod:`.batches`), signals (:mod:`.signals`), execution effects (:mod:`.effects`),
@@ -56,6 +57,7 @@ from .deadletters import DeadLetterContract
 from .effects import EffectContract
 from .executions import ExecutionContract
 from .fencing import FencingContract
+from .finishing import FinishedExecutionContract
 from .inspection import DetachmentContract, InspectionContract
 from .maintenance import MaintenanceContract
 from .outcomes import OutcomeContract
@@ -78,6 +80,7 @@ __all__ = [
     "EffectContract",
     "ExecutionContract",
     "FencingContract",
+    "FinishedExecutionContract",
     "InspectionContract",
     "MaintenanceContract",
     "OutcomeContract",
@@ -101,6 +104,7 @@ class BackendConformance(
     FencingContract,
     StepContract,
     OutcomeContract,
+    FinishedExecutionContract,
     DeadLetterContract,
     InspectionContract,
     DetachmentContract,

@@ -92,17 +92,30 @@ class CacheContract(ConformanceBase):
 
     @pytest.mark.asyncio
     async def test_an_owner_that_is_gone_hands_the_key_over(self, backend: Backend) -> None:
+        # an entry whose owner is no stored task (never was, or was deleted)
+        gone = await backend.cache_claim(KEY, "no-such-task", DIGEST, None, at(1))
+        assert gone.status == "owner"
+        _, task = await start(backend, now=at(3))
+        claim = await backend.cache_claim(KEY, task.id, DIGEST, None, at(4))
+        assert (claim.status, claim.owner_task_id) == ("owner", task.id)
+
+    @pytest.mark.asyncio
+    async def test_an_owner_cancelled_by_its_execution_finishing_hands_the_key_over(
+        self, backend: Backend
+    ) -> None:
         _, root = await start(backend)
         owner = await running_step(backend, root, 0)
         await backend.cache_claim(KEY, owner.id, DIGEST, None, at(1))
-        # the execution completes with the owner still running, and is then deleted
-        assert await backend.complete_task(root.id, root.fence, b"1", at(2))
-        _, task = await start(backend, now=at(3))
-        claim = await backend.cache_claim(KEY, task.id, DIGEST, None, at(4))
+        _, task = await start(backend, now=at(2))
+        claim = await backend.cache_claim(KEY, task.id, DIGEST, None, at(2))
         assert (claim.status, claim.owner_task_id) == ("busy", owner.id)
+        # the execution completes with the owner still running: the owner is cancelled
+        assert await backend.complete_task(root.id, root.fence, b"1", at(3))
+        assert (await backend.cache_claim(KEY, task.id, DIGEST, None, at(4))).status == "owner"
         assert await backend.cleanup_executions(at(10)) == 1
         assert await backend.get_task(owner.id) is None
-        assert (await backend.cache_claim(KEY, task.id, DIGEST, None, at(11))).status == "owner"
+        claim = await backend.cache_claim(KEY, task.id, DIGEST, None, at(11))
+        assert (claim.status, claim.owner_task_id) == ("owner", task.id)
 
     @pytest.mark.asyncio
     async def test_an_expired_result_is_replaced(self, backend: Backend) -> None:

@@ -13,6 +13,7 @@ from .arrange import (
     claim_only,
     dispatch,
     events,
+    running_step,
     start,
     stored_execution,
     stored_task,
@@ -191,6 +192,62 @@ class ClaimContract(ConformanceBase):
         assert again.attempt == first.attempt
         stored = await stored_task(backend, first.id)
         assert (stored.crash_count, stored.fence) == (again.crash_count, again.fence)
+
+    @pytest.mark.asyncio
+    async def test_a_lapsed_parent_awaiting_an_unfinished_step_is_not_charged(
+        self, backend: Backend
+    ) -> None:
+        # its worker died while it awaited the step: the step is the suspect, not the parent
+        _, root = await start(backend, worker="w-1")
+        step = await add_step(backend, root, 0, due_at=at(1000))
+        again = await claim_only(backend, root.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert (again.crash_count, again.fence) == (root.crash_count, root.fence + 1)
+        assert (again.worker_id, again.attempt) == ("w-2", root.attempt)
+        stored = await stored_task(backend, root.id)
+        assert (stored.crash_count, stored.fence) == (root.crash_count, root.fence + 1)
+        assert (await stored_task(backend, step.id)).state == "pending"
+
+    @pytest.mark.asyncio
+    async def test_a_lapsed_parent_awaiting_a_running_step_is_not_charged(
+        self, backend: Backend
+    ) -> None:
+        _, root = await start(backend, worker="w-1")
+        await running_step(backend, root, 0, worker="w-1", due_at=at(1000))
+        again = await claim_only(backend, root.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert again.crash_count == root.crash_count
+
+    @pytest.mark.asyncio
+    async def test_a_lapsed_step_is_charged(self, backend: Backend) -> None:
+        _, root = await start(backend, worker="w-1")
+        step = await running_step(backend, root, 0, worker="w-1")
+        assert await backend.suspend_task(root.id, root.fence, [step.id], at(1))
+        again = await claim_only(backend, step.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert (again.crash_count, again.fence) == (step.crash_count + 1, step.fence + 1)
+
+    @pytest.mark.asyncio
+    async def test_a_lapsed_parent_whose_steps_all_finished_is_charged(
+        self, backend: Backend
+    ) -> None:
+        _, root = await start(backend, worker="w-1")
+        done = await running_step(backend, root, 0, worker="w-1")
+        assert await backend.complete_task(done.id, done.fence, b"1", at(1))
+        failed = await running_step(backend, root, 1, worker="w-1")
+        assert await backend.fail_task(failed.id, failed.fence, b"e", at(2), None)
+        await add_step(backend, root, 2, state="completed", result=b"2")
+        again = await claim_only(backend, root.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert again.crash_count == root.crash_count + 1
+
+    @pytest.mark.asyncio
+    async def test_an_unfinished_step_of_an_earlier_attempt_does_not_spare_the_parent(
+        self, backend: Backend
+    ) -> None:
+        _, root = await start(backend, worker="w-1")
+        await add_step(backend, root, 0, due_at=at(1000))  # left behind by attempt 1
+        assert await backend.retry_task(root.id, root.fence, b"e", at(1), at(1))
+        second = await claim_only(backend, root.id, worker="w-1", now=at(1), lease_until=at(60))
+        assert second.attempt == root.attempt + 1
+        again = await claim_only(backend, root.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert again.crash_count == second.crash_count + 1
 
     @pytest.mark.asyncio
     async def test_claim_of_pending_task_is_not_a_crash(self, backend: Backend) -> None:

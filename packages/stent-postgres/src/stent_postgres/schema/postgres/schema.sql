@@ -1,4 +1,4 @@
--- The whole current Stent schema for PostgreSQL (version 3), in one file.
+-- The whole current Stent schema for PostgreSQL (version 4), in one file.
 --
 -- What every migration (NNNN_*.sql beside this file) applied in order to an empty schema
 -- produces; tests/backends/test_postgres_schema.py checks that they agree, column by column
@@ -85,6 +85,10 @@ CREATE TABLE stent_tasks (
     slot             boolean          NOT NULL DEFAULT false,
     -- the W3C traceparent of the span that created the task (NULL without tracing)
     trace_context    text,
+    -- The state ('pending', 'waiting' or 'running') of a task cancelled because its
+    -- execution finished (its root completed or failed) while it was unfinished; NULL for
+    -- every other task. A dead-letter replay that revives the execution puts it back.
+    cancelled_from   text,
     CONSTRAINT stent_tasks_pkey PRIMARY KEY (id),
     -- The step key. Root tasks have a NULL parent_id, and NULLs never collide in a UNIQUE
     -- constraint. Also serves load_steps (parent_id, parent_attempt, ordered by seq).
@@ -161,8 +165,10 @@ RETURN (kind <> 'function' OR step_name = ANY (names))
 -- or timed-out execution), and a cancelling one is settled (stent_settle_execution; its
 -- "cancelled" progress entry is p_progress's with the event renamed, so it carries the same
 -- time). A completed task's result is stored in the cache entries it owns (an indexed
--- update right after the task's, before any execution row is locked). The counter row is
--- the last lock taken (see queries/postgres.sql).
+-- update right after the task's, before any execution row is locked). A root task that
+-- finishes its live execution first cancels the execution's other unfinished tasks,
+-- remembering their states in cancelled_from (see 0004_finished_executions.sql). The counter
+-- rows are the last locks taken (see queries/postgres.sql).
 CREATE FUNCTION stent_finish_task(
     p_id text, p_fence integer, p_state text, p_result bytea, p_error bytea,
     p_now timestamptz, p_dead_letter_reason text, p_progress jsonb
@@ -171,6 +177,7 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     done record;
+    v_released text[] := '{}';
 BEGIN
     UPDATE stent_tasks
     SET state = p_state,
@@ -183,6 +190,26 @@ BEGIN
     RETURNING id, parent_id, execution_id, step_name, queue, retries, slot INTO done;
     IF NOT FOUND THEN
         RETURN false;
+    END IF;
+    IF done.parent_id IS NULL
+       AND EXISTS (SELECT 1 FROM stent_tasks
+                   WHERE execution_id = done.execution_id
+                     AND state IN ('pending', 'waiting', 'running'))
+       AND stent_live_execution(done.execution_id) IS NOT NULL THEN
+        -- The root finishes a live execution that has unfinished tasks: they are cancelled
+        -- here, before the execution row is locked (see the header of this version).
+        PERFORM stent_freeze_execution(done.execution_id);
+        WITH stopped AS (
+            UPDATE stent_tasks
+            SET cancelled_from = state, state = 'cancelled', finished_at = p_now,
+                worker_id = NULL, lease_expires_at = NULL
+            WHERE execution_id = done.execution_id
+              AND state IN ('pending', 'waiting', 'running')
+            RETURNING step_name, slot AND cancelled_from = 'running' AS held
+        )
+        SELECT coalesce(array_agg(stopped.step_name) FILTER (WHERE stopped.held), '{}')
+        INTO v_released
+        FROM stopped;
     END IF;
     IF p_state = 'completed' THEN
         UPDATE stent_cache
@@ -223,7 +250,12 @@ BEGIN
                 done.execution_id, p_now, jsonb_set(p_progress, '{0,event}', '"cancelled"'));
         END IF;
     END IF;
-    IF done.slot THEN
+    IF cardinality(v_released) > 0 THEN
+        IF done.slot THEN
+            v_released := v_released || done.step_name;
+        END IF;
+        PERFORM stent_shift_slots(v_released, '{}');
+    ELSIF done.slot THEN
         UPDATE stent_concurrency SET holders = holders - 1 WHERE step_name = done.step_name;
     END IF;
     RETURN true;
@@ -1088,7 +1120,8 @@ $$;
 --   awaited waiter FOR SHARE, so it waits for this delivery and sees it, and a cancellation
 --   freezes the waiter before it locks anything that is waiting (stent_freeze_execution).
 --   The parent is read without a lock: one retried or finished concurrently is ordered
---   after this delivery. Waiters whose task finished otherwise are dropped.
+--   after this delivery. Waiters whose task finished otherwise are dropped, except those
+--   cancelled by their execution's finish (a dead-letter replay may revive them).
 -- * The waiter is never a root task, and its execution is live (a cancellation cancels every
 --   pending and waiting task in the transaction that stops the execution, after freezing
 --   the waiter): no execution row is locked here.
@@ -1115,7 +1148,8 @@ BEGIN
     DELETE FROM stent_signal_waiters AS w
     USING stent_tasks AS t
     WHERE w.execution_id = p_execution_id AND w.name = p_name AND t.id = w.task_id
-      AND t.state IN ('completed', 'failed', 'cancelled');
+      AND (t.state IN ('completed', 'failed')
+           OR (t.state = 'cancelled' AND t.cancelled_from IS NULL));
     LOOP
         SELECT w.task_id INTO v_waiter
         FROM stent_signal_waiters AS w
