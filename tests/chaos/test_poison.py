@@ -22,10 +22,11 @@ RECOVERIES = 3
 WORKERS = 3
 
 BYSTANDERS = (
-    "engine: a task running beside a poison task when it kills their worker (a step, or a "
-    "workflow running its own code rather than awaiting a step) is charged with that crash; "
-    "with one worker process it shares every crash of the poison task and is dead-lettered "
-    "with it"
+    "engine limit: a task held by the worker a poison task kills, and not awaiting an "
+    "unfinished step (running its own code, or resuming from a step that just finished), is "
+    "charged with that crash. Suspects run alone once taken over, so this happens only at the "
+    "poison's first runs (before it is a suspect) or to a workflow resuming at that instant; "
+    "with max_crash_recoveries=3 a workflow can still, rarely, reach the cap"
 )
 
 
@@ -94,7 +95,6 @@ async def test_poison_tasks_are_dead_lettered_while_normal_work_completes(
     assert set(letters) == {killer, garbled}, result
 
 
-@pytest.mark.xfail(strict=True, reason=BYSTANDERS)
 @pytest.mark.timeout(120)
 async def test_a_poison_task_does_not_dead_letter_the_workflows_beside_it(
     stent_backend: Any, tmp_path: Path, chaos_seed: int

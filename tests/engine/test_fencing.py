@@ -75,7 +75,14 @@ async def test_completion_from_a_worker_whose_lease_expired_changes_nothing(
 
     with caplog.at_level(logging.WARNING, logger="stent"):
         release["event"].set()  # both bodies return now; only B's fence is current
-        result = await asyncio.wait_for(fresh.wait_for(eid), 10)
+        # (the root may be finished by either worker: B gave it back while its suspect
+        # child ran alone; the waiter then learns of it from its poll)
+        waiter = asyncio.ensure_future(fresh.wait_for(eid))
+        for _ in range(60):
+            if waiter.done():
+                break
+            await clock.advance(1)
+        result = await asyncio.wait_for(waiter, 10)
         await clock.advance(1)  # let A's hub poll find the child and A's root try to finish
     assert result == Result.Ok(701)
     final = await stent_backend.get_task(child.id)

@@ -118,11 +118,12 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._last_outage_log = 0.0
         self._last_claim_ok = True
-        #: suspects (tasks taken over after their worker died) claimed while other work ran
-        #: here: leased and heart-beaten, started one at a time once the worker is idle
-        self._deferred: list[TaskRecord] = []
-        #: the suspect running alone right now, if any: nothing else is claimed meanwhile
+        #: the suspect (a task taken over after its worker died) running alone right now,
+        #: if any: nothing else is claimed meanwhile
         self._suspect: str | None = None
+        #: suspects were given back because other work ran here: claim nothing more until
+        #: this worker is idle, then take them one at a time
+        self._quiesce = False
 
     # -- public -------------------------------------------------------------------------------
     def claim_filter(self) -> ClaimFilter:
@@ -164,8 +165,6 @@ class Worker:
             loop_watch.cancel()
             clock_loop.cancel()
             await self._stop_all("crash" if self._crashed else "shutdown")
-            if not self._crashed:
-                await self._release_deferred()
             lc.state = "stopped"
             lc.active_tasks = 0
             ex.unregister_worker(self)
@@ -174,7 +173,7 @@ class Worker:
 
     # -- slots --------------------------------------------------------------------------------
     def _free_slots(self) -> int:
-        if self._suspect is not None or self._deferred:
+        if self._suspect is not None or self._quiesce:
             return 0  # a suspect runs alone: if it kills this worker, it dies alone
         return self.max_concurrency - self.active - self.reserved
 
@@ -276,7 +275,7 @@ class Worker:
             # a suspect awaiting its steps runs no code of its own: others may run now
             self._suspect = None
             self.wake()
-        self._start_deferred_suspect()  # this worker may have just become idle
+        self._maybe_idle()
         if self.lifecycle.draining:
             rt.stop("suspend")
         self._slot_freed()
@@ -339,7 +338,8 @@ class Worker:
             self._sync_lifecycle()
             if self._suspect == rt.record.id:
                 self._suspect = None
-            self._start_deferred_suspect()
+                self.wake()
+            self._maybe_idle()
             if rt.record.max_concurrent is not None and not self._crashed:
                 # A capped function's instance ended: one of its pending instances may be
                 # claimable now (here and elsewhere), though the last claim found none.
@@ -393,7 +393,7 @@ class Worker:
                     except faults.WorkerCrash:
                         self.crash()
                         break
-                for t in self._isolate_suspects(tasks):
+                for t in await self._isolate_suspects(tasks):
                     self._start(t)
                 if tasks:
                     interval = self.poll_interval
@@ -410,33 +410,41 @@ class Worker:
             if not woke:
                 interval = min(self.poll_interval_max, interval * self.poll_backoff)
 
-    def _isolate_suspects(self, tasks: list[TaskRecord]) -> list[TaskRecord]:
-        """The claimed tasks to start now. A task taken over after its worker died may be
-        what killed it: it runs alone (``max_crash_recoveries`` then counts its own deaths,
-        not its neighbours'). Suspects claimed beside other work wait, leased, until this
-        worker is idle; meanwhile it claims nothing."""
-        if not any(t.crash_count > 0 and t.kind == TaskKind.FUNCTION for t in tasks):
+    async def _isolate_suspects(self, tasks: list[TaskRecord]) -> list[TaskRecord]:
+        """The claimed tasks to start. A task taken over after its worker died (a suspect)
+        may be what killed it, so it runs alone: then ``max_crash_recoveries`` counts its
+        own deaths, not its neighbours'. On an idle worker the first suspect starts and
+        every other claimed task is given back; beside other work the suspects are given
+        back and the worker claims nothing more until it is idle. Given-back tasks are pending, held by nobody,
+        so a crash meanwhile does not count against them."""
+        suspects = [t for t in tasks if t.crash_count > 0 and t.kind == TaskKind.FUNCTION]
+        if not suspects:
             return tasks
-        start: list[TaskRecord] = []
-        for t in tasks:
-            if t.crash_count > 0 and t.kind == TaskKind.FUNCTION:
-                self._deferred.append(t)
-            else:
-                start.append(t)
-        if not start and self.active == 0 and self._suspect is None:
-            first = self._deferred.pop(0)
+        normal = [t for t in tasks if t not in suspects]
+        if self.active == 0 and self._suspect is None:
+            # idle: the first suspect runs now, alone; everything else goes back
+            first = suspects.pop(0)
             self._suspect = first.id
-            return [first]
-        return start
+            give_back, keep = suspects + normal, [first]
+        else:
+            # busy: the suspects wait for an idle worker (this one stops claiming till then)
+            self._quiesce = True
+            give_back, keep = suspects, normal
+        for t in give_back:
+            try:
+                await self.executor.backend.release_task(t.id, t.fence, self.executor.clock.now())
+            except Exception as exc:  # its lease lapses instead
+                log.warning("could not give back task %s: %s", t.id, exc,
+                            extra=log_extra(t, self.worker_id))
+        if give_back:
+            self.executor.publish("work", "")  # another worker may take them now
+        return keep
 
-    def _start_deferred_suspect(self) -> None:
-        """Start the next deferred suspect once nothing else holds a slot here."""
-        if self._suspect is not None or not self._deferred or self.active > 0 \
-                or self._stopping or self._crashed:
-            return
-        t = self._deferred.pop(0)
-        self._suspect = t.id
-        self._start(t)
+    def _maybe_idle(self) -> None:
+        """Nothing holds a slot here any more: claim again if claims were held back."""
+        if self._quiesce and self.active == 0 and not self.reserved:
+            self._quiesce = False
+            self.wake()
 
     # -- heartbeats and suspension ------------------------------------------------------------------
     async def _housekeeping(self) -> None:
@@ -615,7 +623,6 @@ class Worker:
         ex = self.executor
         # inline steps not yet written ride on their callers' leases
         held = [(tid, rt.record.fence) for tid, rt in self.running.items() if rt.materialized]
-        held += [(t.id, t.fence) for t in self._deferred]
         if not held:
             return
         try:
@@ -652,14 +659,6 @@ class Worker:
                         rt.record.fence, extra=log_extra(rt.record, self.worker_id))
                 rt.lease_loss_logged = True
                 self._stop_with_inline_steps(rt, "lease_lost")
-        for t in list(self._deferred):
-            if held_fences.get(t.id) != t.fence:
-                continue
-            if t.id in lost:  # taken by someone else (or cancelled): not ours to start
-                self._deferred.remove(t)
-            else:
-                t.lease_expires_at = until
-        self._start_deferred_suspect()
 
     # -- outages ----------------------------------------------------------------------------------
     def storage_trouble(self, exc: BaseException) -> None:
@@ -702,18 +701,7 @@ class Worker:
                     extra={"worker_id": self.worker_id})
 
     # -- drain and stop -----------------------------------------------------------------------------
-    async def _release_deferred(self) -> None:
-        """Give deferred suspects back (pending, same attempt) for another worker."""
-        deferred, self._deferred = self._deferred, []
-        for t in deferred:
-            try:
-                await self.executor.backend.release_task(t.id, t.fence, self.executor.clock.now())
-            except Exception as exc:  # its lease lapses instead
-                log.warning("could not release task %s: %s", t.id, exc,
-                            extra=log_extra(t, self.worker_id))
-
     async def _drain(self) -> None:
-        await self._release_deferred()
         lc = self.lifecycle
         lc.state = "draining"
         log.info("worker %s draining: %d tasks held", self.worker_id, len(self.running),
