@@ -7,10 +7,6 @@ backend; the engine suite then runs under it in a subprocess.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -68,23 +64,5 @@ async def test_restricted_backend_is_restricted(monkeypatch: pytest.MonkeyPatch)
         await dispose_test_backend(backend)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_engine_suite_passes_as_a_restricted_role() -> None:
-    """``pytest tests/engine -k postgres -n 2`` with ``STENT_TEST_PG_ROLE=restricted``
-    (every PostgreSQL engine test, about 80 s on two cores)."""
-    env = {**os.environ, ROLE_ENV: "restricted", "CI": "true"}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/engine", "-p", "xdist", "-n", "2", "-q",
-         "-k", "postgres", "-p", "no:cacheprovider", "-o", "addopts="],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
-    summary = out.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary), summary
-    passed = int(re.search(r"(\d+) passed", summary).group(1))  # type: ignore[union-attr]
-    assert passed >= 100, summary
-    assert not re.search(r"skipped|failed|error", summary), summary
+# The whole engine suite runs as the restricted role on PostgreSQL: tests/engine/conftest.py
+# sets it for every engine test, and tests/engine/test_least_privilege_role.py checks it.
