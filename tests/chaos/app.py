@@ -167,8 +167,15 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         backend = SQLiteBackend(args.target)
     await backend.init_db()
+    notifications = None
+    if args.redis:  # Redis wake-ups instead of none (SQLite) or LISTEN/NOTIFY (PostgreSQL)
+        from stent_redis import RedisBackend
+
+        notifications = RedisBackend(args.redis, channel_prefix=args.redis_prefix,
+                                     client_name=f"chaos-{os.getpid()}")
     _ledger = LedgerWriter(args.ledger)
-    _executor = Stent(backend, max_crash_recoveries=args.max_crash_recoveries)
+    _executor = Stent(backend, notification_backend=notifications,
+                      max_crash_recoveries=args.max_crash_recoveries)
     await _executor.serve(
         worker_id=f"chaos-{os.getpid()}", max_concurrency=args.concurrency,
         lease_duration=timedelta(seconds=args.lease), poll_interval=args.poll,
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--poll", type=float, default=0.1)
     p.add_argument("--poll-max", type=float, default=0.5)
     p.add_argument("--max-crash-recoveries", type=int, default=10)
+    p.add_argument("--redis", help="Redis URL of the notification backend")
+    p.add_argument("--redis-prefix", default="stent")
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

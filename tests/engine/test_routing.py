@@ -166,7 +166,9 @@ async def test_an_ineligible_head_never_starves_eligible_tasks(stent_backend: Ba
 
 
 async def test_max_concurrent_is_never_exceeded_across_workers(stent_backend: Backend) -> None:
-    clock = FakeClock()
+    # three executors share no notification bus: they learn of each other's work by
+    # polling, so the clock must move (auto-advance) for the polls to happen
+    clock = FakeClock(auto_advance=True)
     executors = [Stent(stent_backend, clock=clock) for _ in range(3)]
     workers = [await start_worker(e, max_concurrency=8, poll_interval=0.05) for e in executors]
     try:
@@ -180,3 +182,4 @@ async def test_max_concurrent_is_never_exceeded_across_workers(stent_backend: Ba
     finally:
         for e, w in zip(executors, workers, strict=True):
             await stop_worker(e, w)
+        clock.stop()
