@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,13 @@ def chaos_seed(request: pytest.FixtureRequest) -> int:
     print(message)
     log.warning(message)
     return seed
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Chaos tests start worker processes of their own: run them one at a time (one xdist
+    group, ``--dist loadgroup``), so that two of them never load the machine at once and
+    skew the timing-sensitive tests beside them."""
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.xdist_group("chaos"))
