@@ -52,7 +52,9 @@ class Backend(Protocol):
         a running task is a crash recovery, charged to it (``crash_count`` + 1) unless it has
         an unfinished step at its current attempt (a child with ``parent_attempt`` equal to
         its ``attempt`` that is not completed, failed or cancelled): then it was only
-        awaiting that step when its worker died, and its count stays. A root task's
+        awaiting that step when its worker died, and its count stays. A task already charged
+        (``crash_count`` > 0) is charged again only if its worker marked the run that died
+        alone (:meth:`mark_alone`); every claim clears that mark. A root task's
         execution becomes ``running``. Built-in timers (``sleep`` and ``signal`` kinds)
         ignore queues and tags."""
 
@@ -158,6 +160,12 @@ class Backend(Protocol):
 
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
         """Give a running task back (pending, same attempt, lease dropped), e.g. on drain."""
+
+    async def mark_alone(self, task_id: str, fence: int, alone: bool) -> bool:
+        """Record whether the running task's current run (``fence``) is the only one on its
+        worker: a crash recovery of a task with ``crash_count`` > 0 is charged to it only
+        if its run was marked alone when its lease lapsed. False, changing nothing, if the
+        fence is stale or the task is not running."""
 
     async def suspend_task(
         self, task_id: str, fence: int, awaited: Sequence[str], now: datetime

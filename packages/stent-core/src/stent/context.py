@@ -87,8 +87,11 @@ class TaskContext:
             self.awaiting.pop(child_id, None)
         else:
             self.awaiting[child_id] = n
-        if not self.awaiting:
-            self.worker.task_stopped_waiting(self)
+        if not self.awaiting and not self.worker.task_stopped_waiting(self):
+            # a suspect runs alone on this worker right now: this task may not resume here;
+            # its run stops before any more of its code runs and it is given back (it
+            # resumes by replay)
+            raise asyncio.CancelledError()
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("stent_task_context", default=None)

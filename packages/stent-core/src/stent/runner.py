@@ -179,6 +179,12 @@ class TaskRunner:
                 return
             elif reason == "expired":
                 return  # its execution timed out; storage already cancelled it
+            elif reason == "give_back":
+                # its steps finished while a suspect runs alone on this worker: it resumes
+                # (by replay) later, here or elsewhere
+                await self._release(rt)
+                self.executor.publish("work", "")
+                return
             elif reason == "lease_lost":
                 # the heartbeat that found the loss has warned already: one warning per loss
                 log.info("task %s lost its lease; its outcome is discarded", task.id,

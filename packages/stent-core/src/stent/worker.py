@@ -6,9 +6,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .clock import SystemClock, hint_due, poll_sleep
@@ -37,6 +37,11 @@ _CLOCK_CHECK_S = 60.0
 _TICK = timedelta(microseconds=1)
 #: rows deleted per cleanup transaction
 CLEANUP_BATCH = 500
+
+
+def _is_suspect(task: TaskRecord) -> bool:
+    """Whether ``task`` was taken over after its worker died (and may be what killed it)."""
+    return task.crash_count > 0 and task.kind == TaskKind.FUNCTION
 
 
 class Worker:
@@ -272,23 +277,35 @@ class Worker:
         self.active -= 1
         self._sync_lifecycle()
         if self._suspect == rt.record.id:
-            # a suspect awaiting its steps runs no code of its own: others may run now
-            self._suspect = None
-            self.wake()
+            # a suspect awaiting its steps runs no code of its own: once storage knows it is
+            # no longer alone (a death from now on is not charged to it), others may run here
+            self._spawn(self._end_alone(rt))
         self._maybe_idle()
         if self.lifecycle.draining:
             rt.stop("suspend")
         self._slot_freed()
 
-    def task_stopped_waiting(self, ctx: TaskContext) -> None:
+    def task_stopped_waiting(self, ctx: TaskContext) -> bool:
         """The task's awaited steps are done: it runs again (taking a slot, possibly over the
-        limit for a moment; it gives it back at its next wait or when it finishes)."""
+        limit for a moment; it gives it back at its next wait or when it finishes).
+
+        Returns:
+            False if it must not run here now: a suspect runs alone (marked so in storage,
+            see :meth:`_isolate_suspects`), and a death of this worker meanwhile is charged
+            to it. Its caller then stops this run before any more of its code runs, and the
+            task is given back (``give_back``): it resumes by replay.
+        """
         rt = self.running.get(ctx.task.id)
         if rt is None or rt.ctx is not ctx or rt.holds_slot:
-            return
+            return True
+        if self._suspect is not None and self._suspect != rt.record.id:
+            if rt.stop_reason is None:
+                rt.stop_reason = "give_back"
+            return False
         rt.holds_slot = True
         rt.waiting_since = None
         self.active += 1
+        return True
 
     def timer_scheduled(self, due_at: datetime) -> None:
         """A timer or retry is due at ``due_at``: wake the claim loop then."""
@@ -411,23 +428,35 @@ class Worker:
                 interval = min(self.poll_interval_max, interval * self.poll_backoff)
 
     async def _isolate_suspects(self, tasks: list[TaskRecord]) -> list[TaskRecord]:
-        """The claimed tasks to start. A task taken over after its worker died (a suspect)
-        may be what killed it, so it runs alone: then ``max_crash_recoveries`` counts its
-        own deaths, not its neighbours'. On an idle worker the first suspect starts and
-        every other claimed task is given back; beside other work the suspects are given
-        back and the worker claims nothing more until it is idle. Given-back tasks are pending, held by nobody,
-        so a crash meanwhile does not count against them."""
-        suspects = [t for t in tasks if t.crash_count > 0 and t.kind == TaskKind.FUNCTION]
+        """The claimed tasks to start.
+
+        A task taken over after its worker died (a suspect) may be what killed it, so it
+        runs alone: storage charges a suspect's death to it (``crash_count``, judged against
+        ``max_crash_recoveries``) only while it is marked alone, so its count grows by its
+        own deaths, never its neighbours'. An idle worker (no task running its own code)
+        marks the first suspect it claims alone, starts it, gives back everything else
+        claimed with it and claims nothing more until the suspect ends or awaits a step
+        (then it is unmarked first: see :meth:`_end_alone`); a task waiting here whose steps
+        finish meanwhile is given back rather than resumed (:meth:`task_stopped_waiting`). A
+        busy worker gives suspects back and claims nothing more until it is idle. Given-back
+        tasks are pending, held by nobody, so a death meanwhile is not charged to them.
+        """
+        suspects = [t for t in tasks if _is_suspect(t)]
         if not suspects:
             return tasks
-        normal = [t for t in tasks if t not in suspects]
-        if self.active == 0 and self._suspect is None:
-            # idle: the first suspect runs now, alone; everything else goes back
+        normal = [t for t in tasks if not _is_suspect(t)]
+        keep: list[TaskRecord] = []
+        if self.active == 0 and not self.reserved and self._suspect is None:
             first = suspects.pop(0)
-            self._suspect = first.id
-            give_back, keep = suspects + normal, [first]
+            give_back = suspects + normal
+            # storage must know it runs alone before any of its code runs: a death before
+            # the mark commits is not charged to it (nor, since it is alone, to anyone)
+            if await self._mark_alone(first, True):
+                self._suspect = first.id
+                keep = [first]
+            else:
+                give_back.append(first)
         else:
-            # busy: the suspects wait for an idle worker (this one stops claiming till then)
             self._quiesce = True
             give_back, keep = suspects, normal
         for t in give_back:
@@ -439,6 +468,32 @@ class Worker:
         if give_back:
             self.executor.publish("work", "")  # another worker may take them now
         return keep
+
+    async def _mark_alone(self, task: TaskRecord, alone: bool) -> bool:
+        """Tell storage whether ``task`` runs alone (fenced); False if that failed."""
+        try:
+            return await self.executor.backend.mark_alone(task.id, task.fence, alone)
+        except Exception as exc:
+            log.warning("could not mark task %s as %s: %s", task.id,
+                        "running alone" if alone else "no longer alone", exc,
+                        extra=log_extra(task, self.worker_id))
+            return False
+
+    async def _end_alone(self, rt: RunningTask) -> None:
+        """The suspect ``rt`` awaits its steps: unmark it, then let other work run here. If
+        the write fails the suspect keeps this worker to itself until it ends (a lost lease
+        ends it anyway)."""
+        if rt.record.id != self._suspect:
+            return
+        if await self._mark_alone(rt.record, False) or rt.stop_reason == "lease_lost":
+            if self._suspect == rt.record.id:
+                self._suspect = None
+                self.wake()
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _maybe_idle(self) -> None:
         """Nothing holds a slot here any more: claim again if claims were held back."""

@@ -236,6 +236,11 @@ async def retry_task(
     return bool(done)
 
 
+async def mark_alone(db: PostgresDatabase, task_id: str, fence: int, alone: bool) -> bool:
+    """Mark whether a running task's current run is alone on its worker (fenced)."""
+    return bool(await db.fetchval("mark_alone", task_id, fence, alone))
+
+
 async def release_task(db: PostgresDatabase, task_id: str, fence: int, now: datetime) -> bool:
     """Give a running task back (fenced); cancel it instead if its execution is not live."""
     return bool(await db.fetchval("release_task", task_id, fence, utc(now),

@@ -486,6 +486,12 @@ def retry_task(
     return True
 
 
+def mark_alone(db: sqlite3.Connection, task_id: str, fence: int, alone: bool) -> bool:
+    """Mark whether a running task's current run is alone on its worker (fenced)."""
+    return db.execute(Q["mark_alone"], {"id": task_id, "fence": fence,
+                                        "alone": int(alone)}).rowcount > 0
+
+
 def release_task(
     db: sqlite3.Connection, task_id: str, fence: int, now: datetime | None = None
 ) -> bool:

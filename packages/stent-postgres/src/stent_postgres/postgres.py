@@ -340,6 +340,15 @@ class PostgresBackend:
         """
         return await ops.retry_task(self._db, task_id, fence, error, due_at, now)
 
+    async def mark_alone(self, task_id: str, fence: int, alone: bool) -> bool:
+        """Record whether a running task's current run is the only one on its worker: a
+        take-over charges a task with ``crash_count`` > 0 only if its run was marked alone.
+
+        Returns:
+            False, changing nothing, if the fence is stale or the task is not running.
+        """
+        return await ops.mark_alone(self._db, task_id, fence, alone)
+
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
         """Give a running task back: pending, same attempt, lease dropped (cancelled instead
         when its execution is not live).

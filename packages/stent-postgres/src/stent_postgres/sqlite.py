@@ -260,6 +260,16 @@ class SQLiteBackend:
             ops.retry_task, task_id=task_id, fence=fence, error=error, due_at=due_at, now=now,
         ))
 
+    async def mark_alone(self, task_id: str, fence: int, alone: bool) -> bool:
+        """Record whether a running task's current run is the only one on its worker: a
+        take-over charges a task with ``crash_count`` > 0 only if its run was marked alone.
+
+        Returns:
+            False, changing nothing, if the fence is stale or the task is not running.
+        """
+        return await self._db.write(partial(ops.mark_alone, task_id=task_id, fence=fence,
+                                            alone=alone))
+
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:
         """Give a running task back: pending, same attempt, lease dropped.
 

@@ -63,6 +63,8 @@ class InMemoryBackend:
     def __init__(self) -> None:
         self._executions: dict[str, ExecutionRecord] = {}
         self._tasks: dict[str, TaskRecord] = {}
+        #: running tasks whose current run is marked alone on its worker (mark_alone)
+        self._alone: set[str] = set()
         self._by_key: dict[tuple[str, int, int], str] = {}
         self._children: dict[str, list[str]] = {}
         self._idem: dict[str, str] = {}
@@ -284,8 +286,10 @@ class InMemoryBackend:
                 if running[t.step_name] >= t.max_concurrent:
                     continue
                 running[t.step_name] += 1
-            if t.state == "running" and not self._awaits_a_step(t):
+            if (t.state == "running" and (t.crash_count == 0 or t.id in self._alone)
+                    and not self._awaits_a_step(t)):
                 t.crash_count += 1
+            self._alone.discard(t.id)
             t.state = "running"
             t.fence += 1
             t.worker_id = worker_id
@@ -584,6 +588,16 @@ class InMemoryBackend:
         ex = self._executions.get(t.execution_id)
         if ex is not None:
             _progress(ex, "retrying", now, task_id=t.id, step=t.step_name, attempt=t.attempt)
+        return True
+
+    async def mark_alone(self, task_id: str, fence: int, alone: bool) -> bool:
+        t = self._held(task_id, fence)
+        if t is None:
+            return False
+        if alone:
+            self._alone.add(task_id)
+        else:
+            self._alone.discard(task_id)
         return True
 
     async def release_task(self, task_id: str, fence: int, now: datetime) -> bool:

@@ -411,8 +411,8 @@ class _ReplayWorker:
     def task_started_waiting(self, ctx: TaskContext) -> None:
         return None
 
-    def task_stopped_waiting(self, ctx: TaskContext) -> None:
-        return None
+    def task_stopped_waiting(self, ctx: TaskContext) -> bool:
+        return True  # a replay runs alone: it always resumes
 
     def timer_scheduled(self, due_at: datetime) -> None:
         return None

@@ -230,10 +230,11 @@ picked AS (
 leased AS (
     -- Taking over a running task is a crash recovery, charged to the task unless it has an
     -- unfinished step at its current attempt: then it was only awaiting that step when its
-    -- worker died (the step key constraint's index finds its steps).
+    -- worker died (the step key constraint's index finds its steps). A task charged before
+    -- is charged again only if the run that died was marked alone (0005_alone.sql).
     UPDATE stent_tasks AS t
     SET crash_count = t.crash_count + CASE
-            WHEN t.state = 'running' AND NOT EXISTS (
+            WHEN t.state = 'running' AND (t.crash_count = 0 OR t.alone) AND NOT EXISTS (
                 SELECT 1 FROM stent_tasks AS step
                 WHERE step.parent_id = t.id AND step.parent_attempt = t.attempt
                   AND step.state NOT IN ('completed', 'failed', 'cancelled'))
@@ -243,7 +244,8 @@ leased AS (
         worker_id = $1,
         lease_expires_at = $8,
         started_at = coalesce(t.started_at, $7),
-        slot = t.max_concurrent IS NOT NULL
+        slot = t.max_concurrent IS NOT NULL,
+        alone = false
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.*
@@ -541,6 +543,11 @@ SELECT stent_finish_task($1, $2, 'failed', NULL, $3, $5, $4, $6::jsonb);
 -- $1 id, $2 fence, $3 error, $4 due_at, $5 now, $6 now (ISO text, for the progress entry),
 -- $7 progress ([cancelled entry], if the cancellation settles with it).
 SELECT stent_retry_task($1, $2, $3, $4, $5, $6, $7::jsonb);
+
+-- mark_alone --
+-- Whether the running task's current run ($2, fenced) is alone on its worker ($3).
+UPDATE stent_tasks SET alone = $3 WHERE id = $1 AND fence = $2 AND state = 'running'
+RETURNING true;
 
 -- release_task --
 -- Give a running task back (fenced): pending, same attempt; cancelled in an execution that

@@ -104,9 +104,10 @@ WHERE state = 'running' AND lease_expires_at >= :now AND step_name = :step_name;
 -- claim_lease --
 -- Taking over a running task whose lease expired is a crash recovery, charged to the task
 -- (crash_count + 1) unless it has an unfinished step at its current attempt: then it was
--- only awaiting that step when its worker died (the step key index finds its steps).
+-- only awaiting that step when its worker died (the step key index finds its steps). A task
+-- charged before is charged again only if the run that died was marked alone (0004_alone).
 UPDATE stent_tasks
-SET crash_count = crash_count + (state = 'running' AND NOT EXISTS (
+SET crash_count = crash_count + (state = 'running' AND (crash_count = 0 OR alone) AND NOT EXISTS (
         SELECT 1 FROM stent_tasks AS step
         WHERE step.parent_id = stent_tasks.id AND step.parent_attempt = stent_tasks.attempt
           AND step.state NOT IN ('completed', 'failed', 'cancelled'))),
@@ -114,7 +115,8 @@ SET crash_count = crash_count + (state = 'running' AND NOT EXISTS (
     fence = fence + 1,
     worker_id = :worker_id,
     lease_expires_at = :lease_until,
-    started_at = coalesce(started_at, :now)
+    started_at = coalesce(started_at, :now),
+    alone = 0
 WHERE ordinal IN (SELECT value FROM json_each(:ordinals))
 RETURNING *;
 
@@ -195,6 +197,9 @@ SET state = 'pending', error = :error, due_at = :due_at, attempt = attempt + 1,
     retries = retries + 1, worker_id = NULL, lease_expires_at = NULL
 WHERE id = :id AND fence = :fence AND state = 'running'
 RETURNING execution_id, step_name, attempt;
+
+-- mark_alone --
+UPDATE stent_tasks SET alone = :alone WHERE id = :id AND fence = :fence AND state = 'running';
 
 -- release_task --
 UPDATE stent_tasks

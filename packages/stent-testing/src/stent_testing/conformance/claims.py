@@ -250,6 +250,59 @@ class ClaimContract(ConformanceBase):
         assert again.crash_count == second.crash_count + 1
 
     @pytest.mark.asyncio
+    async def test_a_suspect_is_charged_again_only_for_a_run_marked_alone(
+        self, backend: Backend
+    ) -> None:
+        # the first death is charged whatever the run shared its worker with
+        _, first = await start(backend, worker="w-1")
+        second = await claim_only(backend, first.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert second.crash_count == first.crash_count + 1
+        # a suspect whose run was not marked alone died beside other work: not charged
+        third = await claim_only(backend, second.id, worker="w-3", now=at(121),
+                                 lease_until=at(180))
+        assert (third.crash_count, third.fence) == (second.crash_count, second.fence + 1)
+        # marked alone, then its worker died: charged
+        assert await backend.mark_alone(third.id, third.fence, True)
+        fourth = await claim_only(backend, third.id, worker="w-4", now=at(181),
+                                  lease_until=at(240))
+        assert fourth.crash_count == third.crash_count + 1
+        # the claim cleared the mark: the next death (not marked) is not charged
+        fifth = await claim_only(backend, fourth.id, worker="w-5", now=at(241),
+                                 lease_until=at(300))
+        assert fifth.crash_count == fourth.crash_count
+        # marked, then unmarked (it started awaiting a step): not charged
+        assert await backend.mark_alone(fifth.id, fifth.fence, True)
+        assert await backend.mark_alone(fifth.id, fifth.fence, False)
+        sixth = await claim_only(backend, fifth.id, worker="w-6", now=at(301),
+                                 lease_until=at(360))
+        assert (await stored_task(backend, first.id)).crash_count == sixth.crash_count
+        assert sixth.crash_count == fifth.crash_count
+
+    @pytest.mark.asyncio
+    async def test_a_suspect_marked_alone_awaiting_an_unfinished_step_is_not_charged(
+        self, backend: Backend
+    ) -> None:
+        _, first = await start(backend, worker="w-1")
+        second = await claim_only(backend, first.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert await backend.mark_alone(second.id, second.fence, True)
+        await add_step(backend, second, 0, due_at=at(1000))
+        again = await claim_only(backend, first.id, worker="w-3", now=at(121),
+                                 lease_until=at(180))
+        assert again.crash_count == second.crash_count
+
+    @pytest.mark.asyncio
+    async def test_mark_alone_is_fenced(self, backend: Backend) -> None:
+        _, first = await start(backend, worker="w-1")
+        second = await claim_only(backend, first.id, worker="w-2", now=at(61), lease_until=at(120))
+        assert not await backend.mark_alone(first.id, first.fence, True)  # stale fence
+        assert not await backend.mark_alone("no-such-task", 1, True)
+        assert await backend.complete_task(second.id, second.fence, b"1", at(62))
+        assert not await backend.mark_alone(second.id, second.fence, True)  # not running
+        stored = await stored_task(backend, first.id)
+        assert (stored.state, stored.fence, stored.crash_count) == (
+            "completed", second.fence, second.crash_count)
+
+    @pytest.mark.asyncio
     async def test_claim_of_pending_task_is_not_a_crash(self, backend: Backend) -> None:
         _, claimed = await start(backend)
         assert claimed.crash_count == 0

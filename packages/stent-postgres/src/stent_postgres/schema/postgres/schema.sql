@@ -1,4 +1,4 @@
--- The whole current Stent schema for PostgreSQL (version 4), in one file.
+-- The whole current Stent schema for PostgreSQL (version 5), in one file.
 --
 -- What every migration (NNNN_*.sql beside this file) applied in order to an empty schema
 -- produces; tests/backends/test_postgres_schema.py checks that they agree, column by column
@@ -89,6 +89,9 @@ CREATE TABLE stent_tasks (
     -- execution finished (its root completed or failed) while it was unfinished; NULL for
     -- every other task. A dead-letter replay that revives the execution puts it back.
     cancelled_from   text,
+    -- Whether the worker running this task marked its current run alone (mark_alone): a
+    -- take-over charges a task with crash_count > 0 only then (see 0005_alone.sql).
+    alone            boolean          NOT NULL DEFAULT false,
     CONSTRAINT stent_tasks_pkey PRIMARY KEY (id),
     -- The step key. Root tasks have a NULL parent_id, and NULLs never collide in a UNIQUE
     -- constraint. Also serves load_steps (parent_id, parent_attempt, ordered by seq).
