@@ -301,6 +301,11 @@ class Worker:
         if self._suspect is not None and self._suspect != rt.record.id:
             if rt.stop_reason is None:
                 rt.stop_reason = "give_back"
+            # Its caller raises CancelledError where the wait ended; if that is a branch
+            # (gather, a task group, a timeout) the whole run is cancelled too, so that no
+            # sibling branch and no handler in user code goes on running here.
+            if rt.task is not None and rt.task is not asyncio.current_task():
+                rt.task.cancel()
             return False
         rt.holds_slot = True
         rt.waiting_since = None
@@ -446,49 +451,75 @@ class Worker:
             return tasks
         normal = [t for t in tasks if not _is_suspect(t)]
         keep: list[TaskRecord] = []
-        if self.active == 0 and not self.reserved and self._suspect is None:
-            first = suspects.pop(0)
-            give_back = suspects + normal
-            # storage must know it runs alone before any of its code runs: a death before
-            # the mark commits is not charged to it (nor, since it is alone, to anyone)
-            if await self._mark_alone(first, True):
+        give_back: list[TaskRecord] = []
+        try:
+            if self.active == 0 and not self.reserved and self._suspect is None:
+                first = suspects.pop(0)
+                give_back = suspects + normal
+                # Storage must know it runs alone before any of its code runs (a death
+                # before the mark commits is charged to nobody). Meanwhile nothing else
+                # starts here, and a waiting task whose steps finish is given back.
                 self._suspect = first.id
-                keep = [first]
+                if await self._mark_alone(first, True):
+                    keep = [first]
+                else:
+                    self._suspect = None
+                    give_back.append(first)
+                    self.wake()
             else:
-                give_back.append(first)
-        else:
-            self._quiesce = True
-            give_back, keep = suspects, normal
-        for t in give_back:
-            try:
-                await self.executor.backend.release_task(t.id, t.fence, self.executor.clock.now())
-            except Exception as exc:  # its lease lapses instead
-                log.warning("could not give back task %s: %s", t.id, exc,
-                            extra=log_extra(t, self.worker_id))
-        if give_back:
+                self._quiesce = True
+                give_back, keep = suspects, normal
+            gave_back = bool(give_back)
+            while give_back:
+                t = give_back[0]
+                try:
+                    await self.executor.backend.release_task(t.id, t.fence,
+                                                             self.executor.clock.now())
+                except Exception as exc:  # its lease lapses instead
+                    log.warning("could not give back task %s: %s", t.id, exc,
+                                extra=log_extra(t, self.worker_id))
+                give_back.pop(0)
+        except BaseException:
+            # serve() was cancelled here: nothing claimed may wait out its lease (a lapsed
+            # lease is charged as a death), and a suspect not started is not alone
+            self._release_in_background(give_back + keep)
+            if keep and self._suspect == keep[0].id:
+                self._suspect = None
+            raise
+        if gave_back:
             self.executor.publish("work", "")  # another worker may take them now
         return keep
 
-    async def _mark_alone(self, task: TaskRecord, alone: bool) -> bool:
-        """Tell storage whether ``task`` runs alone (fenced); False if that failed."""
+    async def _mark_alone(self, task: TaskRecord, alone: bool) -> bool | None:
+        """Tell storage whether ``task`` runs alone. True once written; False if the fence is
+        stale (the run is over); None after a storage error (logged). A backend without
+        ``mark_alone`` keeps no mark: True, and its charging rule is its own."""
+        mark = getattr(self.executor.backend, "mark_alone", None)
+        if mark is None:
+            return True
         try:
-            return await self.executor.backend.mark_alone(task.id, task.fence, alone)
+            return bool(await mark(task.id, task.fence, alone))
         except Exception as exc:
             log.warning("could not mark task %s as %s: %s", task.id,
                         "running alone" if alone else "no longer alone", exc,
                         extra=log_extra(task, self.worker_id))
-            return False
+            return None
 
     async def _end_alone(self, rt: RunningTask) -> None:
-        """The suspect ``rt`` awaits its steps: unmark it, then let other work run here. If
-        the write fails the suspect keeps this worker to itself until it ends (a lost lease
-        ends it anyway)."""
-        if rt.record.id != self._suspect:
-            return
-        if await self._mark_alone(rt.record, False) or rt.stop_reason == "lease_lost":
-            if self._suspect == rt.record.id:
-                self._suspect = None
-                self.wake()
+        """The suspect ``rt`` awaits its steps: unmark it, then let other work run here.
+        A storage error is retried with backoff; meanwhile the suspect keeps this worker to
+        itself (it runs no code while it waits, so nothing is charged wrongly)."""
+        delay = 0.05
+        while self._suspect == rt.record.id and self.running.get(rt.record.id) is rt:
+            if rt.stop_reason is not None or await self._mark_alone(rt.record, False) is not None:
+                # unmarked, or its run is over (a stale fence: the claim that took it over
+                # cleared the mark): others may run here now
+                if self._suspect == rt.record.id:
+                    self._suspect = None
+                    self.wake()
+                return
+            await self.executor.clock.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
