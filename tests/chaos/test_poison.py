@@ -127,3 +127,7 @@ async def test_a_failed_workflow_leaves_no_task_unfinished(
     write_result({"seed": chaos_seed, "oracle": report}, tmp_path / "result.json")
     assert not result.ok
     assert report["ok"], report
+    # The poison step is written, not run inline, while its caller awaits the sleep's row:
+    # every death is charged to it, so it is dead-lettered after its first run and
+    # RECOVERIES runs alone (an inline run would be charged to nobody, and repeat).
+    assert report["body_runs"] == 1 + RECOVERIES, report

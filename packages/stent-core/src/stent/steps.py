@@ -148,6 +148,18 @@ def _new_step(
     )
 
 
+def _awaits_written_step(ctx: TaskContext, new_id: str) -> bool:
+    """Whether the caller awaits a step (other than ``new_id``) that is or is being written
+    to storage, rather than one running inline here, unwritten."""
+    running = getattr(ctx.worker, "running", {})
+    for child_id in ctx.awaiting:
+        if child_id != new_id:
+            rt = running.get(child_id)
+            if rt is None or rt.materialized:
+                return True
+    return False
+
+
 async def _await_child(ctx: TaskContext, child_id: str) -> TaskOutcome:
     with ctx.waiting_on(child_id):
         return await ctx.executor.hub.wait(child_id)
@@ -188,10 +200,14 @@ async def _run_step(
         # So does a cached one: its key is claimed by a written task.
         # And so does every step of a task taken over after a crash: written before it runs,
         # a step that kills its worker is counted as the suspect (max_crash_recoveries),
-        # not its caller.
+        # not its caller. And a step called while its caller awaits a written step (a
+        # durable sleep in the background, say): a death during an inline run would be
+        # charged to nobody (the caller awaits an unfinished step), and the step would run
+        # inline again and again without ever reaching max_crash_recoveries.
         lease = (ctx.worker.reserve_local_slot(new)
                  if fn.max_concurrent is None and not uses_cache(fn)
-                 and ctx.task.crash_count == 0 else None)
+                 and ctx.task.crash_count == 0 and not _awaits_written_step(ctx, new.id)
+                 else None)
         if lease is not None:
             # The hot path: run the step here now and write it once, with its outcome.
             task = ctx.worker.run_inline(ctx, new, lease)
