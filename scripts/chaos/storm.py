@@ -48,6 +48,8 @@ def summary(result: dict[str, Any], command: str) -> str:
         ("step bodies recorded", o["steps"]),
         ("kills", result["kills"]),
         ("tasks held by killed workers", result["tasks_held_by_killed_workers"]),
+        ("of which finished by the victim's last commit",
+         result.get("held_tasks_finished_by_the_victims_last_commit", 0)),
         ("lost", o["lost"]),
         ("duplicate completions", o["problems"].get("completions_not_one", {}).get("count", 0)),
         ("duplicate body runs (all after lease losses)", o["duplicates"]),

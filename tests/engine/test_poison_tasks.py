@@ -72,3 +72,25 @@ async def test_a_poison_step_fails_its_caller_where_it_can_be_caught(
     eid = await stent_worker.dispatch(calls_poison)
     result = await asyncio.wait_for(stent_worker.wait_for(eid), 60)
     assert result.ok and "max_crash_recoveries" in str(result.value)
+
+
+@Stent.durable
+async def poison_beside_a_signal_wait() -> str:
+    # the poison step starts first (inline on the first run); the signal wait's row is
+    # written beside it, so the caller awaits an unfinished step when its worker dies
+    got = await asyncio.gather(kills_its_worker(), Stent.wait_for_signal("go"))
+    return repr(got)
+
+
+async def test_a_poison_step_beside_a_written_wait_still_reaches_the_cap(
+    stent_worker: Stent, crash: CrashPlan
+) -> None:
+    # A death during an inline run is charged to nobody while the caller awaits a written
+    # step; on replay the step must be written (the history holds the unfinished wait), so
+    # that its own deaths count. Without that it ran inline until the crash plan ran out.
+    crash.at("before_step", step=kills_its_worker, times=50)
+    eid = await stent_worker.dispatch(poison_beside_a_signal_wait)
+    result = await asyncio.wait_for(stent_worker.wait_for(eid), 60)
+    assert not result.ok and "max_crash_recoveries=2" in str(result.error), result
+    # at most one uncharged inline death, then the first written run and two recoveries
+    assert len(crash.crashes) <= 4, crash.crashes

@@ -38,6 +38,8 @@ class TaskContext:
     interrupted: set[str] = field(default_factory=set)
     #: step inserts still in flight (shielded from cancellation: they may yet commit)
     inflight: set[asyncio.Future[Any]] = field(default_factory=set)
+    #: whether the loaded history holds a step not finished yet (computed once, on demand)
+    history_unfinished: bool | None = None
 
     async def ensure_written(self) -> None:
         """Write this task's row first if it is an inline step not yet written: its own

@@ -181,8 +181,15 @@ class TaskRunner:
                 return  # its execution timed out; storage already cancelled it
             elif reason == "give_back":
                 # its steps finished while a suspect runs alone on this worker: it resumes
-                # (by replay) later, here or elsewhere
-                await self._release(rt)
+                # (by replay) later, here or elsewhere. The worker cancelled this run; that
+                # request may still be pending (the wait ended in this very asyncio task).
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    pass
+                if rt.materialized:
+                    await self._write(rt, lambda now: self.executor.backend.release_task(
+                        task.id, task.fence, now))
                 self.executor.publish("work", "")
                 return
             elif reason == "lease_lost":

@@ -150,7 +150,15 @@ def _new_step(
 
 def _awaits_written_step(ctx: TaskContext, new_id: str) -> bool:
     """Whether the caller awaits a step (other than ``new_id``) that is or is being written
-    to storage, rather than one running inline here, unwritten."""
+    to storage, rather than one running inline here, unwritten; or may await one: its
+    replayed history holds an unfinished step (a wait begun in an earlier run, which this
+    run may not have reached yet)."""
+    if ctx.history_unfinished is None:
+        ctx.history_unfinished = any(
+            rec.state not in ("completed", "failed", "cancelled")
+            for rec in ctx.history.values())
+    if ctx.history_unfinished:
+        return True
     running = getattr(ctx.worker, "running", {})
     for child_id in ctx.awaiting:
         if child_id != new_id:

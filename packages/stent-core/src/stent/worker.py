@@ -300,12 +300,13 @@ class Worker:
             return True
         if self._suspect is not None and self._suspect != rt.record.id:
             if rt.stop_reason is None:
+                # Its caller raises CancelledError where the wait ended; the whole run is
+                # cancelled too (also when that is this very asyncio task: then a pending
+                # request, which the runner absorbs), so that no sibling branch (gather, a
+                # task group) goes on and no time-out turns it into a TimeoutError.
                 rt.stop_reason = "give_back"
-            # Its caller raises CancelledError where the wait ended; if that is a branch
-            # (gather, a task group, a timeout) the whole run is cancelled too, so that no
-            # sibling branch and no handler in user code goes on running here.
-            if rt.task is not None and rt.task is not asyncio.current_task():
-                rt.task.cancel()
+                if rt.task is not None:
+                    rt.task.cancel()
             return False
         rt.holds_slot = True
         rt.waiting_since = None
@@ -452,6 +453,7 @@ class Worker:
         normal = [t for t in tasks if not _is_suspect(t)]
         keep: list[TaskRecord] = []
         give_back: list[TaskRecord] = []
+        first: TaskRecord | None = None
         try:
             if self.active == 0 and not self.reserved and self._suspect is None:
                 first = suspects.pop(0)
@@ -466,6 +468,7 @@ class Worker:
                     self._suspect = None
                     give_back.append(first)
                     self.wake()
+                first = None  # in keep or in give_back now
             else:
                 self._quiesce = True
                 give_back, keep = suspects, normal
@@ -482,8 +485,9 @@ class Worker:
         except BaseException:
             # serve() was cancelled here: nothing claimed may wait out its lease (a lapsed
             # lease is charged as a death), and a suspect not started is not alone
-            self._release_in_background(give_back + keep)
-            if keep and self._suspect == keep[0].id:
+            pending = give_back + keep + ([first] if first is not None else [])
+            self._release_in_background(pending)
+            if any(self._suspect == t.id for t in pending):
                 self._suspect = None
             raise
         if gave_back:
