@@ -225,16 +225,14 @@ async def _run_step(
         # Otherwise insert it pending for a claim loop (this one, or another process's).
         # The insert is shielded: if this task is cancelled meanwhile (suspension, drain)
         # it may still commit, and a suspension waits for it (ctx.inflight).
-        task, created = await _insert_or_stop(
-            ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
+        task, created = await _insert_at_key(
+            ctx, seq, fn.name, digest,
+            lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
         if created:
             ctx.worker.wake()
             executor.publish("work", task.id)
             if faults.plan is not None:
                 faults.plan_hit_sync("after_step_started", step=fn.name, task_id=task.id)
-        if not created:
-            rec = _as_step(task)
-            _check_replay(ctx, seq, rec, fn.name, digest)
         outcome = await _finished_or_wait(ctx, task)
     return outcome_value(executor, outcome)
 
@@ -272,6 +270,18 @@ async def _insert_or_stop(ctx: TaskContext, make: Callable[[], Awaitable[_W]]) -
             delay = min(5.0, delay * 2)
 
 
+async def _insert_at_key(
+    ctx: TaskContext, seq: int, name: str, digest: str,
+    make: Callable[[], Awaitable[tuple[TaskRecord, bool]]],
+) -> tuple[TaskRecord, bool]:
+    """Insert one step at its key (:func:`_insert_or_stop`); a row already there (an earlier
+    run wrote it) must be the same call, or this replay is non-deterministic."""
+    task, created = await _insert_or_stop(ctx, make)
+    if not created:
+        _check_replay(ctx, seq, _as_step(task), name, digest)
+    return task, created
+
+
 def _stop_for_lease(ctx: TaskContext) -> None:
     rt = ctx.worker.running.get(ctx.task.id)
     if rt is not None and rt.ctx is ctx and rt.stop_reason is None:
@@ -302,13 +312,10 @@ async def record_value(ctx: TaskContext, name: str, make: Any) -> Any:
     now = executor.clock.now()
     new = _new_step(ctx, seq, name, TaskKind.VALUE, b"", digest, now,
                     state="completed", result=result)
-    task, created = await _insert_or_stop(
-        ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
-    if not created:
-        rec = _as_step(task)
-        _check_replay(ctx, seq, rec, name, digest)
-        return outcome_value(executor, rec)
-    return value
+    task, created = await _insert_at_key(
+        ctx, seq, name, digest,
+        lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
+    return value if created else outcome_value(executor, _as_step(task))
 
 
 async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
@@ -331,11 +338,9 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     new = _new_step(ctx, seq, SLEEP_STEP, TaskKind.SLEEP, payload, digest, now,
                     due_at=now + delay)
     with ctx.waiting_on(new.id):
-        task, created = await _insert_or_stop(
-            ctx, lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
-        if not created:
-            rec = _as_step(task)
-            _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
+        task, _ = await _insert_at_key(
+            ctx, seq, SLEEP_STEP, digest,
+            lambda: executor.backend.create_step(ctx.task.id, ctx.task.fence, new, now))
         ctx.worker.timer_scheduled(task.due_at)
         outcome_value(executor, await _finished_or_wait(ctx, task))
 
@@ -369,12 +374,10 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
         watched = new.id
         fut = executor.hub.watch(watched)
         try:
-            task, created = await _insert_or_stop(
-                ctx, lambda: executor.backend.create_signal_wait(
+            task, _ = await _insert_at_key(
+                ctx, seq, SIGNAL_STEP, digest,
+                lambda: executor.backend.create_signal_wait(
                     ctx.task.id, ctx.task.fence, new, name, now))
-            if not created:
-                rec = _as_step(task)
-                _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
             if task.state in ("completed", "failed", "cancelled"):
                 outcome = TaskOutcome(task.id, task.state, task.result, task.error)
             else:
@@ -411,12 +414,9 @@ async def record_effect(ctx: TaskContext, effect: ExecutionEffect) -> None:
     result = dumps_with_path(executor.serializer, None, name)
     new = _new_step(ctx, seq, name, TaskKind.VALUE, payload, digest, now,
                     state="completed", result=result)
-    task, created = await _insert_or_stop(
-        ctx, lambda: executor.backend.record_effect(
-            ctx.task.id, ctx.task.fence, new, effect, now))
-    if not created:
-        rec = _as_step(task)
-        _check_replay(ctx, seq, rec, name, digest)
+    await _insert_at_key(
+        ctx, seq, name, digest,
+        lambda: executor.backend.record_effect(ctx.task.id, ctx.task.fence, new, effect, now))
 
 
 #: children of one ``map`` inserted (and awaited) per batch: one write each, and at most this

@@ -146,18 +146,7 @@ def create_step(
     if row is not None:
         # A step that ran before it was written can be born failed (with its dead letter)
         # or born waiting for its next attempt (logged like any retry), in this same write.
-        if new.state == "failed" and new.dead_letter_reason is not None:
-            db.execute(Q["upsert_dead_letter"], {
-                "task_id": new.id, "execution_id": row["execution_id"],
-                "step_name": new.step_name, "queue": new.queue,
-                "reason": new.dead_letter_reason, "error": new.error, "now": epoch(now),
-                "retries": new.retries,
-            })
-        elif new.state == "pending" and new.retries > 0:
-            entry = progress_entry("retrying", now, task_id=new.id, step=new.step_name,
-                                   attempt=new.attempt)
-            db.execute(Q["append_progress"], {"execution_id": row["execution_id"],
-                                              "entry": entry})
+        _born(db, row["execution_id"], new, now)
         return task_from_row(row), True
     if db.execute(Q["task_is_held"], {"id": parent_id, "fence": parent_fence}).fetchone() is None:
         raise LeaseLostError(f"task {parent_id} is no longer held at fence {parent_fence}")
