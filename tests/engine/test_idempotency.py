@@ -213,3 +213,27 @@ async def test_dispatch_with_an_explicit_execution_id_is_idempotent(stent_execut
     assert a == b == "order-o8"
     with pytest.raises(IdempotencyConflictError, match="order-o8"):
         await stent_executor.dispatch(charge, "o8", 3, execution_id="order-o8")
+
+
+async def test_a_failing_cache_lookup_is_retried_not_failed(
+    stent_worker: Stent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # storage errors while the key is looked up: retried while the lease lasts, like a
+    # step write; the attempt does not fail and the body runs once
+    real = stent_worker.backend.cache_claim
+    errors = iter([ConnectionError("storage blip")] * 7)
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        err = next(errors, None)
+        if err is not None:
+            raise err
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(stent_worker.backend, "cache_claim", flaky)
+    eid = await stent_worker.dispatch(charge, "blip", 5)
+    result = await asyncio.wait_for(stent_worker.wait_for(eid), 30)
+    assert result == Result.Ok("receipt-blip-5")
+    assert runs["charge:blip"] == 1
+    assert next(errors, None) is None  # every planned error was hit
+    root = await stent_worker.backend.get_task(eid)
+    assert root is not None and (root.attempt, root.retries) == (1, 0)  # no attempt failed

@@ -21,7 +21,7 @@ from .errors import (
     StepTimeoutError,
     UnregisteredFunctionError,
 )
-from .records import Lease, NewTask, TaskKind, TaskOutcome, TaskRecord
+from .records import TERMINAL_TASK_STATES, Lease, NewTask, TaskKind, TaskOutcome, TaskRecord
 from .retry import RetryPolicy
 from .serialization import check_payload_size, dumps_with_path, encode_error
 from .steps import STEP_ERROR_ATTR, decode_call
@@ -233,18 +233,24 @@ class TaskRunner:
         ex = self.executor
         key = cache_key(fn, ex.serializer, args, kwargs)
         ttl = fn.cache_ttl.total_seconds() if fn.cached and fn.cache_ttl is not None else None
-        failures = 0
+        delay = 0.05
         while True:
             try:
                 claim = await ex.backend.cache_claim(key, task.id, task.arg_digest, ttl,
                                                      ex.clock.now())
             except Exception as exc:
-                failures += 1
-                if failures >= 5:
-                    raise
-                log.warning("cache lookup for task %s failed (%s); retrying", task.id, exc,
-                            extra=log_extra(task, self.worker.worker_id))
-                await ex.clock.sleep(min(5.0, 0.5 * 2 ** failures))
+                # as for step writes: a storage error never fails the attempt; retry while
+                # the lease lasts, then stop as if it were lost (another worker takes over)
+                if ex.clock.now() >= (task.lease_expires_at or ex.clock.now()):
+                    log.warning("giving up the cache lookup of task %s after its lease ran "
+                                "out: %s", task.id, exc,
+                                extra=log_extra(task, self.worker.worker_id))
+                    if rt.stop_reason is None:
+                        rt.stop_reason = "lease_lost"
+                    raise asyncio.CancelledError() from None
+                self.worker.storage_trouble(exc)
+                await ex.clock.sleep(delay)
+                delay = min(5.0, delay * 2)
                 continue
             if claim.status == "owner":
                 return None
@@ -271,7 +277,7 @@ class TaskRunner:
             steps = await self.executor.backend.load_steps(task.id, task.attempt)
         except Exception:
             return False
-        return any(s.state not in ("completed", "failed", "cancelled") for s in steps)
+        return any(s.state not in TERMINAL_TASK_STATES for s in steps)
 
     def _signal_timeout(self, task: TaskRecord) -> SignalTimeoutError:
         try:

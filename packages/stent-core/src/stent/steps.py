@@ -27,7 +27,15 @@ from .errors import (
     NonDeterminismError,
     SerializationError,
 )
-from .records import ExecutionEffect, NewTask, StepRecord, TaskKind, TaskOutcome, TaskRecord
+from .records import (
+    TERMINAL_TASK_STATES,
+    ExecutionEffect,
+    NewTask,
+    StepRecord,
+    TaskKind,
+    TaskOutcome,
+    TaskRecord,
+)
 from .serialization import check_payload_size, decode_error, dumps_with_path
 
 if TYPE_CHECKING:
@@ -155,7 +163,7 @@ def _awaits_written_step(ctx: TaskContext, new_id: str) -> bool:
     run may not have reached yet)."""
     if ctx.history_unfinished is None:
         ctx.history_unfinished = any(
-            rec.state not in ("completed", "failed", "cancelled")
+            rec.state not in TERMINAL_TASK_STATES
             for rec in ctx.history.values())
     if ctx.history_unfinished:
         return True
@@ -196,7 +204,7 @@ async def _run_step(
     rec = ctx.history.get(seq)
     if rec is not None:
         _check_replay(ctx, seq, rec, fn.name, digest)
-        if rec.state in ("completed", "failed", "cancelled"):
+        if rec.state in TERMINAL_TASK_STATES:
             return outcome_value(executor, rec)
         return outcome_value(executor, await _await_child(ctx, rec.task_id))
 
@@ -289,7 +297,7 @@ def _stop_for_lease(ctx: TaskContext) -> None:
 
 
 async def _finished_or_wait(ctx: TaskContext, task: TaskRecord) -> TaskOutcome:
-    if task.state in ("completed", "failed", "cancelled"):
+    if task.state in TERMINAL_TASK_STATES:
         return TaskOutcome(task.id, task.state, task.result, task.error)
     if task.id not in ctx.awaiting:
         return await _await_child(ctx, task.id)
@@ -329,7 +337,7 @@ async def durable_sleep(ctx: TaskContext, delay: timedelta) -> None:
     rec = ctx.history.get(seq)
     if rec is not None:
         _check_replay(ctx, seq, rec, SLEEP_STEP, digest)
-        if rec.state not in ("completed", "failed", "cancelled"):
+        if rec.state not in TERMINAL_TASK_STATES:
             if rec.due_at is not None:
                 ctx.worker.timer_scheduled(rec.due_at)
             outcome_value(executor, await _await_child(ctx, rec.task_id))
@@ -359,7 +367,7 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
     rec = ctx.history.get(seq)
     if rec is not None:
         _check_replay(ctx, seq, rec, SIGNAL_STEP, digest)
-        if rec.state in ("completed", "failed", "cancelled"):
+        if rec.state in TERMINAL_TASK_STATES:
             return outcome_value(executor, rec)
         if timeout is not None and rec.due_at is not None:
             ctx.worker.timer_scheduled(rec.due_at)
@@ -378,7 +386,7 @@ async def wait_signal(ctx: TaskContext, name: str, timeout: timedelta | None) ->
                 ctx, seq, SIGNAL_STEP, digest,
                 lambda: executor.backend.create_signal_wait(
                     ctx.task.id, ctx.task.fence, new, name, now))
-            if task.state in ("completed", "failed", "cancelled"):
+            if task.state in TERMINAL_TASK_STATES:
                 outcome = TaskOutcome(task.id, task.state, task.result, task.error)
             else:
                 if timeout is not None:
@@ -469,7 +477,7 @@ async def _map_batch(
         rec = ctx.history.get(seq)
         if rec is not None:
             _check_replay(ctx, seq, rec, fn.name, digest)
-            if rec.state in ("completed", "failed", "cancelled"):
+            if rec.state in TERMINAL_TASK_STATES:
                 results[i] = rec
             else:
                 waits[i] = rec.task_id
@@ -499,7 +507,7 @@ async def _map_batch(
                 if not created:
                     rec = _as_step(task)
                     _check_replay(ctx, seq, rec, fn.name, digest)
-                if task.state in ("completed", "failed", "cancelled"):
+                if task.state in TERMINAL_TASK_STATES:
                     results[i] = TaskOutcome(task.id, task.state, task.result, task.error)
                 else:
                     waits[i] = task.id
