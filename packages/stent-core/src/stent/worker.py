@@ -210,23 +210,24 @@ class Worker:
         """Give leased tasks back without waiting (used where the caller was cancelled)."""
         if not tasks or self._crashed:
             return
-        backend = self.executor.backend
-        now = self.executor.clock.now()
-
-        async def release() -> None:
-            for t in tasks:
-                try:
-                    await backend.release_task(t.id, t.fence, now)
-                except Exception as exc:  # the lease expires and another worker takes over
-                    log.warning("could not give back task %s: %s", t.id, exc,
-                                extra=log_extra(t, self.worker_id))
-
         try:
-            job = asyncio.get_running_loop().create_task(release())
-        except RuntimeError:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop left (interpreter shutdown): the leases lapse
             return
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
+        self._spawn(self._give_back(list(tasks)))
+
+    async def _give_back(self, tasks: list[TaskRecord]) -> None:
+        """Release leased tasks not started here (pending again, held by nobody); the ones
+        given back are removed from ``tasks`` as it goes."""
+        while tasks:
+            t = tasks[0]
+            try:
+                await self.executor.backend.release_task(t.id, t.fence,
+                                                         self.executor.clock.now())
+            except Exception as exc:  # the lease expires and another worker takes over
+                log.warning("could not give back task %s: %s", t.id, exc,
+                            extra=log_extra(t, self.worker_id))
+            tasks.pop(0)
 
     def _release_claim_after_cancel(self, claim: asyncio.Future[list[TaskRecord]]) -> None:
         if not claim.cancelled() and claim.exception() is None:
@@ -473,15 +474,7 @@ class Worker:
                 self._quiesce = True
                 give_back, keep = suspects, normal
             gave_back = bool(give_back)
-            while give_back:
-                t = give_back[0]
-                try:
-                    await self.executor.backend.release_task(t.id, t.fence,
-                                                             self.executor.clock.now())
-                except Exception as exc:  # its lease lapses instead
-                    log.warning("could not give back task %s: %s", t.id, exc,
-                                extra=log_extra(t, self.worker_id))
-                give_back.pop(0)
+            await self._give_back(give_back)
         except BaseException:
             # serve() was cancelled here: nothing claimed may wait out its lease (a lapsed
             # lease is charged as a death), and a suspect not started is not alone
